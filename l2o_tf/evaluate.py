@@ -1,0 +1,102 @@
+"""The evaluation harness behind `evaluate_dm.py` and `evaluate_rnnprop.py`.
+
+Runs one optimizer, learned (`--optimizer=L2L --path=...`) or hand-designed (Adam, RMSProp, SGD, NAG, Adagrad at
+`--learning_rate`), on a problem's test split for `--num_steps` steps, compiled, and records f(x_{i+1}) on a fresh
+minibatch at every step, as the original evaluation does. Writes the original pickle
+`<output_path>/<optimizer>_eval_loss_record.pickle-<problem>` and an `.npz` with the losses and the run's flags.
+"""
+import json
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+from absl import flags
+from absl import logging
+
+from l2o_tf import cli
+from l2o_tf import fileio
+from l2o_tf import meta
+from l2o_tf import networks
+from l2o_tf import optimizers
+
+FLAGS = flags.FLAGS
+BASELINES = ("Adam", "RMSProp", "SGD", "NAG", "Adagrad")
+PROGRESS_EVERY = 500  # steps per compiled chunk, between progress lines
+
+
+def define_flags(rnnprop=False):
+    flags.DEFINE_string("optimizer", "L2L", f"L2L (a learned optimizer from --path) or one of {', '.join(BASELINES)}.")
+    flags.DEFINE_string("problem", "mnist", "Optimizee problem (the original's default 'simple' is not a paper problem).")
+    flags.DEFINE_string("path", None, "Learned optimizer file, e.g. trained_models/dm/cw.l2l-0.")
+    flags.DEFINE_string("output_path", "out", "Directory for the loss record.")
+    flags.DEFINE_integer("num_epochs", 1, "Repeated runs; like the original, later epochs continue the trajectory.")
+    flags.DEFINE_integer("num_steps", 10000, "Optimizee steps per epoch.")
+    flags.DEFINE_float("learning_rate", 0.001, "Learning rate of a hand-designed --optimizer.")
+    flags.DEFINE_integer("seed", None, "Seed of the optimizee init and minibatches; none = a fresh one, logged.")
+    if rnnprop:
+        flags.DEFINE_float("beta1", 0.95, "RNNprop input feature beta1.")
+        flags.DEFINE_float("beta2", 0.95, "RNNprop input feature beta2.")
+    cli.define_data_flags()
+
+
+def update_rule(optimizer, path, learning_rate, expected_cell, **cell_overrides):
+    """The update rule a run uses: a loaded learned optimizer of the expected class, or a baseline."""
+    if optimizer == "L2L":
+        if not path:
+            raise cli.UsageError("--optimizer=L2L needs --path, the learned optimizer file (e.g. .../cw.l2l-0)")
+        cell = networks.load(path, **cell_overrides)
+        if not isinstance(cell, expected_cell):
+            raise cli.UsageError(f"{path} holds a {type(cell).__name__}, not a {expected_cell.__name__}; "
+                                 f"use evaluate_{'rnnprop' if isinstance(cell, networks.RNNprop) else 'dm'}")
+        return cell
+    if optimizer not in BASELINES:
+        raise cli.UsageError(f"unknown --optimizer={optimizer!r}: expected L2L or one of {', '.join(BASELINES)}")
+    return optimizers.get(optimizer, cli.positive("learning_rate", learning_rate))
+
+
+def evaluate(problem, rule, num_steps, num_epochs, seed, on_progress=None):
+    """Per-step losses (float32, num_epochs * num_steps) of `rule` on `problem`, one trajectory throughout."""
+    runner = meta.Runner(problem, rule, tf.random.Generator.from_seed(seed))
+    trajectory = runner.new_trajectory()
+    records = []
+    for epoch in range(num_epochs):
+        trajectory, losses = runner.run(trajectory, num_steps, chunk=PROGRESS_EVERY,
+                                        callback=lambda done, losses: on_progress and on_progress(epoch, done, losses))
+        records.append(losses)
+    return np.concatenate(records)
+
+
+def main(expected_cell, cell_overrides=()):
+    positive = cli.positive
+    positive("num_steps", FLAGS.num_steps)
+    positive("num_epochs", FLAGS.num_epochs)
+    seed = cli.seed_or_random(FLAGS.seed)
+    overrides = {name: FLAGS[name].value for name in cell_overrides}
+    rule = update_rule(FLAGS.optimizer, FLAGS.path, FLAGS.learning_rate, expected_cell, **overrides)
+    problem = cli.make_problem(FLAGS.problem, mode="test")
+    logging.info("evaluating %s on %s (%d parameters) for %d x %d steps", FLAGS.optimizer, problem.name,
+                 problem.num_params, FLAGS.num_epochs, FLAGS.num_steps)
+    start = time.time()
+
+    def progress(epoch, done, losses):
+        elapsed = time.time() - start
+        total = epoch * FLAGS.num_steps + done
+        logging.info("epoch %d step %d/%d  loss %.4f  (mean of last %d: %.4f)  %.0f steps/s", epoch + 1, done,
+                     FLAGS.num_steps, losses[-1], min(done, PROGRESS_EVERY), losses[-PROGRESS_EVERY:].mean(),
+                     total / max(elapsed, 1e-9))
+
+    losses = evaluate(problem, rule, FLAGS.num_steps, FLAGS.num_epochs, seed, progress)
+    elapsed = time.time() - start
+    if not np.all(np.isfinite(losses)):
+        logging.warning("the loss became non-finite at step %d", int(np.argmin(np.isfinite(losses))))
+    print(f"Epoch {FLAGS.num_epochs}")
+    print(f"Log Mean Final Error: {np.log10(losses.mean()):.2f}")  # the original's name for log10(mean loss)
+    print(f"Mean epoch time: {elapsed / FLAGS.num_epochs:.2f} s")
+    record = os.path.join(FLAGS.output_path, f"{FLAGS.optimizer}_eval_loss_record.pickle-{problem.name}")
+    fileio.atomic_save_pickle(record, [float(v) for v in losses])
+    run_flags = {name: FLAGS[name].value for name in ("optimizer", "problem", "path", "num_epochs", "num_steps",
+                                                      "learning_rate", *cell_overrides)}
+    run_flags["seed"] = seed
+    fileio.atomic_save_npz(record + ".npz", losses=losses, flags=json.dumps(run_flags))
+    print(f"Loss record: {record} (and .npz)")

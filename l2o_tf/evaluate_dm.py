@@ -1,0 +1,13 @@
+"""Evaluate L2O-DM or a hand-designed baseline: the original `evaluate_dm.py` flags.
+
+    python -m l2o_tf.evaluate_dm --optimizer=L2L --path=trained_models/dm/cw.l2l-0 --problem=mnist --seed=2
+    python -m l2o_tf.evaluate_dm --optimizer=Adam --learning_rate=0.01 --problem=mnist --num_steps=2000
+"""
+from l2o_tf import cli
+from l2o_tf import evaluate
+from l2o_tf import networks
+
+evaluate.define_flags()
+
+if __name__ == "__main__":
+    cli.run(lambda argv: evaluate.main(networks.CoordinateWiseDeepLSTM))

@@ -1,0 +1,156 @@
+"""Compiled optimizee trajectories: meta-training unrolls and plain runs, for any update rule.
+
+A trajectory is one optimizee being optimised: its flat parameters `x`, the update rule's state, the problem's
+per-trajectory constants and the random-scaling vector (the optimizee sees `f(scale * x)`). Every function here
+runs a whole unroll or run inside one `tf.function`; Python only loops over unrolls.
+
+Meta-gradient (the original, SPEC_DM §4.1): meta-loss = f_0 + ... + f_T over an unroll of T steps, the optimizee
+gradient g_t under stop_gradient unless `second_derivatives`. Then d f_t / d theta = g_t . d x_t / d theta exactly,
+so the tape records the surrogate sum_t <stop_gradient(g_t), x_t> instead of differentiating the optimizee a second
+time: the same meta-gradient, a third less work per step.
+"""
+import collections
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+Trajectory = collections.namedtuple("Trajectory", ["x", "state", "constants", "scale"])
+
+
+def new_trajectory(problem, rule, rng, scale_bound=0.0):
+    """A fresh optimizee and the rule's initial state; with `scale_bound` > 0, random scaling exp(U(-b, b))."""
+    x = problem.init_flat(rng)
+    scale = tf.ones_like(x)
+    if scale_bound > 0:
+        scale = tf.exp(rng.uniform(tf.shape(x), -scale_bound, scale_bound))
+        x = x / scale
+    return Trajectory(x, tuple(rule.initial_state(problem.num_params)), tuple(problem.init_constants(rng)), scale)
+
+
+def loss_and_gradient(problem, trajectory_x, constants, scale, rng):
+    """f(scale * x) on a fresh minibatch, and its gradient with respect to x."""
+    with tf.GradientTape() as tape:
+        tape.watch(trajectory_x)
+        loss = problem.flat_loss(scale * trajectory_x, constants, rng)
+    return loss, tape.gradient(loss, trajectory_x)
+
+
+class Trainer:
+    """Meta-trains a learned optimizer (a `CoordinatewiseLSTMCell`) on one problem by truncated BPTT.
+
+    `train_unroll` is the original's `[cost_op, update, meta_step]`: T steps from the trajectory, one meta-Adam step
+    on the summed losses (skipped when the meta-gradient is not finite), and the trajectory carried on.
+    """
+
+    def __init__(self, problem, cell, rng, learning_rate=1e-3, unroll_length=20, second_derivatives=False):
+        self.problem, self.cell, self.rng = problem, cell, rng
+        self.unroll_length = int(unroll_length)
+        self.second_derivatives = bool(second_derivatives)
+        if not cell.built:
+            cell.build()
+        self.variables = cell.trainable_variables
+        self.optimizer = keras.optimizers.Adam(learning_rate=learning_rate, epsilon=1e-8)  # TF1's epsilon
+        self.optimizer.build(self.variables)
+        self._train_unroll = tf.function(self._unroll, reduce_retracing=True)
+
+    def new_trajectory(self, scale_bound=0.0):
+        return new_trajectory(self.problem, self.cell, self.rng, scale_bound)
+
+    def train_unroll(self, trajectory):
+        """One meta-iteration. Returns (trajectory, meta_loss, final_loss, applied) as Python values."""
+        x, state, meta_loss, final_loss, applied = self._train_unroll(trajectory)
+        return (trajectory._replace(x=x, state=state), float(meta_loss), float(final_loss), bool(applied))
+
+    def meta_gradient(self, trajectory):
+        """(meta_loss, gradients) of one unroll, without applying them; for tests and tools."""
+        with tf.GradientTape() as tape:
+            meta_loss, _, _, _, objective = self._forward(trajectory, tape)
+        return meta_loss, tape.gradient(objective, self.variables)
+
+    def _forward(self, trajectory, tape):
+        """The unroll: (meta_loss, final loss, x_T, state_T, the objective whose tape gradient is the meta-gradient)."""
+        problem, rng = self.problem, self.rng
+        x, state, constants, scale = trajectory
+        losses, surrogate = [], 0.0
+        for _ in range(self.unroll_length + 1):
+            if self.second_derivatives:
+                loss, gradient = loss_and_gradient(problem, x, constants, scale, rng)
+            else:
+                with tape.stop_recording():
+                    loss, gradient = loss_and_gradient(problem, x, constants, scale, rng)
+                    gradient = tf.stop_gradient(gradient)
+                surrogate += tf.reduce_sum(gradient * x)
+            losses.append(loss)
+            if len(losses) <= self.unroll_length:
+                delta, state = self.cell.step(gradient, state)
+                x = x + delta
+        meta_loss = tf.add_n(losses)
+        return meta_loss, losses[-1], x, state, meta_loss if self.second_derivatives else surrogate
+
+    def _unroll(self, trajectory):
+        with tf.GradientTape() as tape:
+            meta_loss, final_loss, x, state, objective = self._forward(trajectory, tape)
+        gradients = tape.gradient(objective, self.variables)
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients])
+        finite = tf.logical_and(finite, tf.math.is_finite(meta_loss))
+
+        def apply():
+            self.optimizer.apply_gradients(zip(gradients, self.variables))
+            return tf.constant(True)
+
+        applied = tf.cond(finite, apply, lambda: tf.constant(False))
+        return x, state, meta_loss, final_loss, applied
+
+
+class Runner:
+    """Runs any update rule on a problem with no meta-learning: evaluation, validation, baselines, teachers.
+
+    `run(trajectory, num_steps)` records, at step i, f(x_{i+1}) on a fresh minibatch (the original evaluation's
+    `cost_op`). Steps run in a compiled `tf.while_loop`, `chunk` at a time, so long runs can report progress.
+    """
+
+    def __init__(self, problem, rule, rng):
+        self.problem, self.rule, self.rng = problem, rule, rng
+        self._run = tf.function(self._loop, reduce_retracing=True)
+        self._final = tf.function(self._final_loss_loop, reduce_retracing=True)
+
+    def new_trajectory(self, scale_bound=0.0):
+        return new_trajectory(self.problem, self.rule, self.rng, scale_bound)
+
+    def run(self, trajectory, num_steps, chunk=None, callback=None):
+        """Returns (trajectory, float32 numpy losses of length num_steps); `callback(done, losses)` after each chunk."""
+        chunk = int(chunk or num_steps)
+        pieces, done = [], 0
+        while done < num_steps:
+            size = min(chunk, num_steps - done)
+            x, state, losses = self._run(trajectory, tf.constant(size))
+            trajectory = trajectory._replace(x=x, state=state)
+            pieces.append(losses.numpy())
+            done += size
+            if callback is not None:
+                callback(done, np.concatenate(pieces))
+        return trajectory, np.concatenate(pieces) if pieces else np.zeros([0], np.float32)
+
+    def final_loss(self, trajectory, num_steps):
+        """f(x_N) on a fresh minibatch after `num_steps` steps: the original's in-training validation value."""
+        return float(self._final(trajectory, tf.constant(int(num_steps))))
+
+    def _step(self, x, state, constants, scale):
+        _, gradient = loss_and_gradient(self.problem, x, constants, scale, self.rng)
+        delta, state = self.rule.step(gradient, state)
+        return x + delta, state
+
+    def _loop(self, trajectory, num_steps):
+        x, state, constants, scale = trajectory
+        losses = tf.TensorArray(tf.float32, size=num_steps)
+        for i in tf.range(num_steps):
+            x, state = self._step(x, state, constants, scale)
+            losses = losses.write(i, self.problem.flat_loss(scale * x, constants, self.rng))
+        return x, state, losses.stack()
+
+    def _final_loss_loop(self, trajectory, num_steps):
+        x, state, constants, scale = trajectory
+        for _ in tf.range(num_steps):
+            x, state = self._step(x, state, constants, scale)
+        return self.problem.flat_loss(scale * x, constants, self.rng)

@@ -1,0 +1,396 @@
+"""Learned optimizers as Keras RNN cells, and their files.
+
+Both learned optimizers of the paper are the original's `StandardDeepLSTM`: per coordinate, some input features go
+through two Sonnet-1 LSTMs of 20 units and a linear layer to one number, the additive update. They differ only in
+the features (L2O-DM: LogAndSign of the gradient; RNNprop: Adam-normalised moments through a linear+ELU projection)
+and in the output (RNNprop squashes with tanh). `CoordinatewiseLSTMCell` holds what they share.
+
+A cell works on any batch of coordinates: the project flattens every optimizee parameter into one vector, so a
+batch row is one scalar parameter. `step(gradient, state)` is the 1-D convenience around the Keras `call`.
+
+Files: the original pickles (`cw.l2l-N`, `rp.l2l-N`: a dict module -> variable -> float32 array) are read with a
+restricted unpickler that can build nothing but dicts and float arrays, and are written back in a layout the
+original TF1 code reads. A JSON sidecar (`<file>.json`) keeps the cell's config where the pickle has no room for it.
+"""
+import collections
+import json
+import os
+import pickle
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from l2o_tf import fileio
+
+FORGET_BIAS = 1.0
+HIDDEN_SIZES = (20, 20)
+
+
+def log_and_sign(gradient, k=5.0):
+    """The original LogAndSign features [max(log(|g|+eps)/k, -1), clip(g*e^k, -1, 1)] of a [n, 1] gradient."""
+    eps = np.finfo(np.float32).eps
+    log = tf.maximum(tf.math.log(tf.abs(gradient) + eps) / k, -1.0)
+    sign = tf.clip_by_value(gradient * np.float32(np.exp(k)), -1.0, 1.0)
+    return tf.concat([log, sign], axis=-1)
+
+
+def sonnet_lstm(inputs, h, c, w_gates, b_gates):
+    """One step of a Sonnet-1 LSTM: gates from [inputs, h] in the order i, j, f, o, forget bias added at run time."""
+    gates = tf.matmul(tf.concat([inputs, h], axis=1), w_gates) + b_gates
+    i, j, f, o = tf.split(gates, 4, axis=1)
+    c = tf.sigmoid(f + FORGET_BIAS) * c + tf.sigmoid(i) * tf.tanh(j)
+    h = tf.tanh(c) * tf.sigmoid(o)
+    return h, c
+
+
+class CoordinatewiseLSTMCell(keras.layers.Layer):
+    """Features -> 2 Sonnet LSTMs -> linear -> scaled additive update, shared by every coordinate.
+
+    Subclasses say how the gradient becomes features (`_features`, with any extra per-coordinate state they keep)
+    and how the linear output becomes an update (`_output`). Variables are named as the original's modules
+    (`lstm_1/w_gates`, `linear/b`, ...) so that the original files map onto them one to one.
+    """
+
+    key = None  # file prefix of the original: "cw" or "rp"
+    extra_state_sizes = ()
+
+    def __init__(self, scale=0.01, hidden_sizes=HIDDEN_SIZES, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = float(scale)
+        self.hidden_sizes = tuple(int(s) for s in hidden_sizes)
+        self.seed = seed
+        self._modules = {}
+
+    # -- Keras RNN cell API -------------------------------------------------------------------------------------
+    @property
+    def state_size(self):
+        return [s for size in self.hidden_sizes for s in (size, size)] + list(self.extra_state_sizes)
+
+    @property
+    def output_size(self):
+        return 1
+
+    def build(self, input_shape=None):
+        size = self.feature_size
+        for index, hidden in enumerate(self.hidden_sizes, start=1):
+            stddev = 1.0 / np.sqrt(size + hidden)
+            self._add_module(f"lstm_{index}", w_gates=([size + hidden, 4 * hidden], stddev),
+                             b_gates=([4 * hidden], stddev))
+            size = hidden
+        self._add_module("linear", w=([size, 1], 1.0 / np.sqrt(size)), b=([1], None))
+        self.built = True
+
+    def call(self, inputs, states):
+        states = list(states)
+        num_lstm_states = 2 * len(self.hidden_sizes)
+        features, extra = self._features(inputs, states[num_lstm_states:])
+        x, new_states = features, []
+        for index, (h, c) in enumerate(zip(states[0:num_lstm_states:2], states[1:num_lstm_states:2]), start=1):
+            module = self._modules[f"lstm_{index}"]
+            x, c = sonnet_lstm(x, h, c, module["w_gates"], module["b_gates"])
+            new_states += [x, c]
+        linear = self._modules["linear"]
+        delta = self._output(tf.matmul(x, linear["w"]) + linear["b"])
+        return delta, new_states + list(extra)
+
+    def get_initial_state(self, batch_size):
+        return [tf.zeros([batch_size, size]) for size in self.state_size]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(scale=self.scale, hidden_sizes=list(self.hidden_sizes), seed=self.seed)
+        return config
+
+    # -- 1-D optimizer API --------------------------------------------------------------------------------------
+    def initial_state(self, num_coordinates):
+        """Zero state for `num_coordinates` scalar parameters (the original's initial state)."""
+        return tuple(self.get_initial_state(num_coordinates))
+
+    def step(self, gradient, state):
+        """Update for a 1-D gradient: returns (delta to add to the parameters, new state)."""
+        delta, state = self(tf.reshape(gradient, [-1, 1]), list(state))
+        return tf.reshape(delta, [-1]), tuple(state)
+
+    # -- original weights ---------------------------------------------------------------------------------------
+    def get_original_weights(self):
+        """The weights as the original's dict: module -> variable -> float32 numpy array."""
+        self._ensure_built()
+        return {module: {name: np.asarray(var.numpy(), np.float32) for name, var in variables.items()}
+                for module, variables in self._modules.items()}
+
+    def set_original_weights(self, weights):
+        """Assign weights given in the original's dict layout; every variable must be present with its shape."""
+        self._ensure_built()
+        expected = {(m, n): tuple(v.shape) for m, variables in self._modules.items() for n, v in variables.items()}
+        found = {(m, n): np.shape(a) for m, variables in weights.items() for n, a in variables.items()}
+        if found != expected:
+            raise ValueError(f"{type(self).__name__} needs weights {_describe(expected)}, got {_describe(found)}")
+        for module, variables in self._modules.items():
+            for name, var in variables.items():
+                var.assign(np.asarray(weights[module][name], np.float32))
+
+    # -- helpers ------------------------------------------------------------------------------------------------
+    @property
+    def feature_size(self):
+        raise NotImplementedError
+
+    def _features(self, gradient, extra_states):
+        raise NotImplementedError
+
+    def _output(self, linear_output):
+        return linear_output * self.scale
+
+    def _ensure_built(self):
+        if not self.built:
+            self.build()
+
+    def _add_module(self, module, **variables):
+        """Create the module's variables: truncated normal of the given stddev, or zeros when it is None."""
+        self._modules[module] = {}
+        for name, (shape, stddev) in variables.items():
+            initializer = ("zeros" if stddev is None else
+                           keras.initializers.TruncatedNormal(stddev=float(stddev), seed=self._next_seed()))
+            self._modules[module][name] = self.add_weight(
+                shape=shape, initializer=initializer, name=f"{module}.{name}", dtype="float32")
+
+    def _next_seed(self):
+        if self.seed is None:
+            return None
+        self._seed_offset = getattr(self, "_seed_offset", -1) + 1
+        return int(self.seed) + self._seed_offset
+
+
+@keras.saving.register_keras_serializable("l2o_tf")
+class CoordinateWiseDeepLSTM(CoordinatewiseLSTMCell):
+    """L2O-DM (Andrychowicz et al. 2016) as configured by the paper: LogAndSign(k=5) features, output scale 0.01.
+
+    `preprocess="identity"` with `scale=1.0` is the original's config for the `quadratic` problem.
+    """
+
+    key = "cw"
+
+    def __init__(self, preprocess="log_and_sign", k=5.0, **kwargs):
+        super().__init__(**kwargs)
+        if preprocess not in ("log_and_sign", "identity"):
+            raise ValueError(f"preprocess must be 'log_and_sign' or 'identity', got {preprocess!r}")
+        self.preprocess = preprocess
+        self.k = float(k)
+
+    @property
+    def feature_size(self):
+        return 2 if self.preprocess == "log_and_sign" else 1
+
+    def _features(self, gradient, extra_states):
+        if self.preprocess == "identity":
+            return gradient, []
+        return log_and_sign(gradient, self.k), []
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(preprocess=self.preprocess, k=self.k)
+        return config
+
+
+@keras.saving.register_keras_serializable("l2o_tf")
+class RNNprop(CoordinatewiseLSTMCell):
+    """RNNprop (Lv et al. 2017) as in the paper's code: Adam-normalised [m~, g~] -> Linear(2, 20) + ELU -> LSTMs.
+
+    The moments m, v and the step counter are per-coordinate state, so `step` takes raw gradients:
+    m~ = m^/(sqrt(v^)+1e-8), g~ = g/(sqrt(v^)+1e-8), bias-corrected with the step counted from 1. The update is
+    tanh(linear) * scale.
+    """
+
+    key = "rp"
+    extra_state_sizes = (1, 1, 1)  # m, v, number of steps taken
+    epsilon = 1e-8
+
+    def __init__(self, beta1=0.95, beta2=0.95, projection_size=20, **kwargs):
+        super().__init__(**kwargs)
+        self.beta1 = float(beta1)
+        self.beta2 = float(beta2)
+        self.projection_size = int(projection_size)
+
+    @property
+    def feature_size(self):
+        return self.projection_size
+
+    def build(self, input_shape=None):
+        self._add_module("input_projection", w=([2, self.projection_size], 1.0 / np.sqrt(2.0)),
+                         b=([self.projection_size], None))
+        super().build(input_shape)
+
+    def _features(self, gradient, extra_states):
+        m, v, steps = extra_states
+        m = self.beta1 * m + (1.0 - self.beta1) * gradient
+        v = self.beta2 * v + (1.0 - self.beta2) * tf.square(gradient)
+        steps = steps + 1.0
+        m_hat = m / (1.0 - tf.pow(self.beta1, steps))
+        denominator = tf.sqrt(v / (1.0 - tf.pow(self.beta2, steps))) + self.epsilon
+        features = tf.concat([m_hat / denominator, gradient / denominator], axis=1)
+        projection = self._modules["input_projection"]
+        return tf.nn.elu(tf.matmul(features, projection["w"]) + projection["b"]), [m, v, steps]
+
+    def _output(self, linear_output):
+        return tf.tanh(linear_output) * self.scale
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(beta1=self.beta1, beta2=self.beta2, projection_size=self.projection_size)
+        return config
+
+
+CELLS = {"cw": CoordinateWiseDeepLSTM, "rp": RNNprop}
+
+
+def for_problem(net, problem_name, **kwargs):
+    """The original's network config for a problem: `net` is "dm" or "rnnprop" (RNNprop ignores the problem)."""
+    if net == "rnnprop":
+        return RNNprop(**kwargs)
+    if net != "dm":
+        raise ValueError(f"unknown network {net!r}: expected 'dm' or 'rnnprop'")
+    if problem_name == "quadratic":
+        return CoordinateWiseDeepLSTM(preprocess="identity", scale=1.0, **kwargs)
+    return CoordinateWiseDeepLSTM(**kwargs)
+
+
+# -- files ------------------------------------------------------------------------------------------------------
+
+class WeightsFileError(ValueError):
+    """A weights file that is missing, corrupt, unsafe, or not the weights of a known learned optimizer."""
+
+
+def save(cell, save_path, index=0):
+    """Write `<save_path>/<key>.l2l-<index>` (the original's layout) and its `.json` config sidecar; atomic."""
+    path = os.path.join(save_path, f"{cell.key}.l2l-{index}")
+    fileio.atomic_write_bytes(path, _dump_weights(cell.get_original_weights()))
+    config = {"class_name": type(cell).__name__, "config": cell.get_config()}
+    fileio.atomic_write_bytes(path + ".json", json.dumps(config, indent=2).encode())
+    return path
+
+
+def load(path, **overrides):
+    """A learned optimizer from a file: an original pickle (`cw.l2l-N`, `rp.l2l-N`) or one we saved.
+
+    The network and its config come from the `.json` sidecar when there is one, otherwise from the pickle's
+    variables (input_projection -> RNNprop; lstm_1 input of 2 -> DM with LogAndSign; of 1 -> DM identity, scale 1).
+    `overrides` replace config entries (e.g. `beta1=0.9`).
+    """
+    weights = read_weights(path)
+    sidecar = path + ".json"
+    if os.path.exists(sidecar):
+        try:
+            with open(sidecar, encoding="utf-8") as f:
+                spec = json.load(f)
+            cls = {c.__name__: c for c in CELLS.values()}[spec["class_name"]]
+            config = {k: v for k, v in spec["config"].items()
+                      if k in ("scale", "hidden_sizes", "preprocess", "k", "beta1", "beta2", "projection_size")}
+        except (ValueError, KeyError, TypeError) as e:
+            raise WeightsFileError(f"{sidecar}: not a valid l2o-tf config sidecar ({e!r})") from None
+    else:
+        cls, config = _infer_cell(path, weights)
+    config.update(overrides)
+    cell = cls(**config)
+    try:
+        cell.set_original_weights(weights)
+    except ValueError as e:
+        raise WeightsFileError(f"{path}: {e}") from None
+    return cell
+
+
+def read_weights(path):
+    """The dict module -> variable -> float32 array of a weights pickle, read without running arbitrary code."""
+    try:
+        with open(path, "rb") as f:
+            weights = _RestrictedUnpickler(f).load()
+    except FileNotFoundError:
+        raise WeightsFileError(f"{path}: no such weights file") from None
+    except IsADirectoryError:
+        raise WeightsFileError(f"{path} is a directory: pass the file itself, e.g. {path}/cw.l2l-0") from None
+    except pickle.UnpicklingError as e:
+        raise WeightsFileError(f"{path}: refused or corrupt pickle: {e}") from None
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError) as e:
+        raise WeightsFileError(f"{path}: corrupt or truncated weights pickle ({type(e).__name__}: {e})") from None
+    if not isinstance(weights, dict) or not all(
+            isinstance(v, dict) and all(isinstance(a, np.ndarray) for a in v.values()) for v in weights.values()):
+        raise WeightsFileError(f"{path}: expected a dict of module -> variable -> array")
+    return {m: {n: np.asarray(a, np.float32) for n, a in v.items()} for m, v in weights.items()}
+
+
+def _infer_cell(path, weights):
+    if "input_projection" in weights:
+        return RNNprop, {}
+    try:
+        inputs = weights["lstm_1"]["w_gates"].shape[0] - weights["lstm_1"]["b_gates"].shape[0] // 4
+    except (KeyError, IndexError):
+        raise WeightsFileError(f"{path}: no lstm_1/w_gates and b_gates: not an L2O-DM or RNNprop file") from None
+    if inputs == 2:
+        return CoordinateWiseDeepLSTM, {}
+    if inputs == 1:
+        return CoordinateWiseDeepLSTM, {"preprocess": "identity", "scale": 1.0}
+    raise WeightsFileError(f"{path}: lstm_1 takes {inputs} inputs; L2O-DM takes 2 (LogAndSign) or 1 (identity)")
+
+
+def _describe(shapes):
+    return ", ".join(f"{m}/{n}{list(s)}" for (m, n), s in sorted(shapes.items()))
+
+
+class _DillModule:
+    """Stands in for the numpy module that dill's pickles import only to fetch `_reconstruct`."""
+
+
+def _dill_load_type(name):
+    if name != "dict":
+        raise pickle.UnpicklingError(f"type {name!r} is not allowed in a weights file")
+    return dict
+
+
+def _dill_import_module(name):
+    if name not in ("numpy.core._multiarray_umath", "numpy._core._multiarray_umath", "numpy.core.multiarray"):
+        raise pickle.UnpicklingError(f"module {name!r} is not allowed in a weights file")
+    return _DillModule()
+
+
+def _dill_get_attr(module, name):
+    if not isinstance(module, _DillModule) or name != "_reconstruct":
+        raise pickle.UnpicklingError(f"attribute {name!r} is not allowed in a weights file")
+    return np.ndarray.__reduce__(np.zeros(0))[0]  # numpy's own _reconstruct, whatever module it lives in
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Builds only dicts and numpy arrays: exactly what the original dill pickles and ours contain."""
+
+    _ALLOWED = {
+        ("collections", "defaultdict"): collections.defaultdict,
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("numpy.core.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.zeros(0))[0],
+        ("numpy._core.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.zeros(0))[0],
+        ("dill._dill", "_load_type"): _dill_load_type,
+        ("dill._dill", "_import_module"): _dill_import_module,
+        ("dill._dill", "_get_attr"): _dill_get_attr,
+    }
+
+    def find_class(self, module, name):
+        try:
+            return self._ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a weights file") from None
+
+
+class _WeightsPickler(pickle.Pickler):
+    """Pickles arrays as `numpy.ndarray(shape, dtype, buffer)`, a form every numpy version reads."""
+
+    def reducer_override(self, obj):
+        if isinstance(obj, np.ndarray):
+            array = np.ascontiguousarray(obj, dtype=np.float32)
+            return np.ndarray, (array.shape, array.dtype, array.tobytes())
+        return NotImplemented
+
+
+def _dump_weights(weights):
+    import io
+    buffer = io.BytesIO()
+    _WeightsPickler(buffer, protocol=3).dump({m: dict(v) for m, v in weights.items()})
+    return buffer.getvalue()
