@@ -28,6 +28,20 @@ def new_trajectory(problem, rule, rng, scale_bound=0.0):
     return Trajectory(x, tuple(rule.initial_state(problem.num_params)), tuple(problem.init_constants(rng)), scale)
 
 
+def apply_if_finite(optimizer, gradients, variables, *values):
+    """Apply the gradients unless they (or any of `values`) are not finite; returns whether it applied them.
+
+    A non-finite meta-gradient would poison the optimizer's weights and its Adam moments for good; skipping the
+    step keeps the run going, and the caller records the skip."""
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in list(gradients) + list(values)])
+
+    def apply():
+        optimizer.apply_gradients(zip(gradients, variables))
+        return tf.constant(True)
+
+    return tf.cond(finite, apply, lambda: tf.constant(False))
+
+
 def loss_and_gradient(problem, trajectory_x, constants, scale, rng):
     """f(scale * x) on a fresh minibatch, and its gradient with respect to x."""
     with tf.GradientTape() as tape:
@@ -40,11 +54,14 @@ class Trainer:
     """Meta-trains a learned optimizer (a `CoordinatewiseLSTMCell`) on one problem by truncated BPTT.
 
     `train_unroll` is the original's `[cost_op, update, meta_step]`: T steps from the trajectory, one meta-Adam step
-    on the summed losses (skipped when the meta-gradient is not finite), and the trajectory carried on.
+    on the summed losses (skipped when the meta-gradient is not finite), and the trajectory carried on. `rule`, when
+    given, takes the steps instead of the cell (the self-improving mixture); the cell's weights are still trained.
     """
 
-    def __init__(self, problem, cell, rng, learning_rate=1e-3, unroll_length=20, second_derivatives=False):
+    def __init__(self, problem, cell, rng, learning_rate=1e-3, unroll_length=20, second_derivatives=False,
+                 rule=None):
         self.problem, self.cell, self.rng = problem, cell, rng
+        self.rule = rule or cell
         self.unroll_length = int(unroll_length)
         self.second_derivatives = bool(second_derivatives)
         if not cell.built:
@@ -55,7 +72,7 @@ class Trainer:
         self._train_unroll = tf.function(self._unroll, reduce_retracing=True)
 
     def new_trajectory(self, scale_bound=0.0):
-        return new_trajectory(self.problem, self.cell, self.rng, scale_bound)
+        return new_trajectory(self.problem, self.rule, self.rng, scale_bound)
 
     def train_unroll(self, trajectory):
         """One meta-iteration. Returns (trajectory, meta_loss, final_loss, applied) as Python values."""
@@ -83,7 +100,7 @@ class Trainer:
                 surrogate += tf.reduce_sum(gradient * x)
             losses.append(loss)
             if len(losses) <= self.unroll_length:
-                delta, state = self.cell.step(gradient, state)
+                delta, state = self.rule.step(gradient, state)
                 x = x + delta
         meta_loss = tf.add_n(losses)
         return meta_loss, losses[-1], x, state, meta_loss if self.second_derivatives else surrogate
@@ -92,14 +109,7 @@ class Trainer:
         with tf.GradientTape() as tape:
             meta_loss, final_loss, x, state, objective = self._forward(trajectory, tape)
         gradients = tape.gradient(objective, self.variables)
-        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients])
-        finite = tf.logical_and(finite, tf.math.is_finite(meta_loss))
-
-        def apply():
-            self.optimizer.apply_gradients(zip(gradients, self.variables))
-            return tf.constant(True)
-
-        applied = tf.cond(finite, apply, lambda: tf.constant(False))
+        applied = apply_if_finite(self.optimizer, gradients, self.variables, meta_loss)
         return x, state, meta_loss, final_loss, applied
 
 

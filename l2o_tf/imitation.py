@@ -1,0 +1,124 @@
+"""Imitation learning (SPEC_DM §6, the paper's Algorithm 2) and the self-improving baseline (the paper's §4.2).
+
+Imitation: a hand-designed teacher optimises a fresh optimizee; its gradients and parameter steps are recorded, and
+the learned optimizer, fed the teacher's gradients (off-policy), is trained with its own Adam to reproduce the
+teacher's steps: per unroll, sum over steps of 0.5 * ||delta_t - teacher_step_t||^2 / num_params.
+
+Self-improving: each optimizee step is taken by the learned optimizer or by an auxiliary optimizer drawn from a
+multinomial whose auxiliary probabilities decay linearly to zero; the meta-loss is unchanged.
+"""
+import keras
+import numpy as np
+import tensorflow as tf
+
+from l2o_tf import meta
+
+
+class Teacher:
+    """Records a hand-designed optimizer's trajectory on fresh optimizees of a problem (compiled once)."""
+
+    def __init__(self, problem, rule, rng, k=1):
+        self.problem, self.rule, self.rng, self.k = problem, rule, rng, int(k)
+        self._record = tf.function(self._record_loop, reduce_retracing=True)
+
+    def trajectory(self, num_steps, scale_bound=0.0):
+        """(gradients, steps), each [num_steps, num_params]: the gradient the teacher saw at each recorded step and
+        the displacement of its next `k` steps (the first of which uses that gradient)."""
+        trajectory = meta.new_trajectory(self.problem, self.rule, self.rng, scale_bound)
+        return self._record(trajectory, tf.constant(int(num_steps)))
+
+    def _record_loop(self, trajectory, num_steps):
+        x, state, constants, scale = trajectory
+        gradients = tf.TensorArray(tf.float32, size=num_steps)
+        steps = tf.TensorArray(tf.float32, size=num_steps)
+        for i in tf.range(num_steps):
+            start = x
+            for j in range(self.k):
+                _, gradient = meta.loss_and_gradient(self.problem, x, constants, scale, self.rng)
+                if j == 0:
+                    gradients = gradients.write(i, gradient)
+                delta, state = self.rule.step(gradient, state)
+                x = x + delta
+            steps = steps.write(i, x - start)
+        return gradients.stack(), steps.stack()
+
+
+class ImitationTrainer:
+    """Trains a learned optimizer to imitate recorded teacher steps, with a meta-Adam of its own."""
+
+    def __init__(self, cell, learning_rate=1e-3, unroll_length=20):
+        self.cell, self.unroll_length = cell, int(unroll_length)
+        if not cell.built:
+            cell.build()
+        self.variables = cell.trainable_variables
+        self.optimizer = keras.optimizers.Adam(learning_rate=learning_rate, epsilon=1e-8)
+        self.optimizer.build(self.variables)
+        self._unroll = tf.function(self._train_unroll, reduce_retracing=True)
+
+    def train_epoch(self, gradients, steps):
+        """One imitation epoch over a recorded trajectory: one Adam step per unroll; returns the last unroll's loss.
+
+        The state starts at zero, the evident intent; see docs/FIDELITY.md for the original's quirk."""
+        num_params = int(gradients.shape[1])
+        state = self.cell.initial_state(num_params)
+        loss = float("nan")
+        for start in range(0, int(gradients.shape[0]) - self.unroll_length + 1, self.unroll_length):
+            window = slice(start, start + self.unroll_length)
+            state, loss = self._unroll(gradients[window], steps[window], state)
+        return float(loss)
+
+    def imitation_loss(self, gradients, steps, state):
+        """Sum over the unroll of 0.5 * squared step difference / number of parameters; and the final state."""
+        num_params = tf.cast(tf.shape(gradients)[1], tf.float32)
+        loss = 0.0
+        for t in range(self.unroll_length):
+            delta, state = self.cell.step(gradients[t], state)
+            loss += 0.5 * tf.reduce_sum(tf.square(steps[t] - delta)) / num_params
+        return loss, state
+
+    def _train_unroll(self, gradients, steps, state):
+        with tf.GradientTape() as tape:
+            loss, state = self.imitation_loss(gradients, steps, state)
+        meta.apply_if_finite(self.optimizer, tape.gradient(loss, self.variables), self.variables, loss)
+        return state, loss
+
+
+class MixtureRule:
+    """Self-improving: each step applies the learned optimizer's update or one auxiliary's, drawn from a multinomial.
+
+    Every optimizer sees every gradient and keeps its own state; only the drawn one's update moves the optimizee,
+    so the meta-gradient flows through the learned optimizer's steps alone.
+    """
+
+    def __init__(self, learned, auxiliaries, rng):
+        self.learned, self.auxiliaries, self.rng = learned, tuple(auxiliaries), rng
+        count = len(self.auxiliaries) + 1
+        self.probabilities = tf.Variable(np.full([count], 1.0 / count, np.float32), trainable=False)
+
+    def set_auxiliary_probability(self, p):
+        """Each auxiliary gets probability p; the learned optimizer the rest."""
+        k = len(self.auxiliaries)
+        if not 0.0 <= p * k <= 1.0:
+            raise ValueError(f"auxiliary probability {p} is out of range for {k} auxiliaries")
+        self.probabilities.assign([1.0 - k * p] + [p] * k)
+
+    def initial_state(self, num_coordinates):
+        return (self.learned.initial_state(num_coordinates),
+                tuple(tuple(a.initial_state(num_coordinates)) for a in self.auxiliaries))
+
+    def step(self, gradient, state):
+        learned_state, auxiliary_states = state
+        delta, learned_state = self.learned.step(gradient, learned_state)
+        deltas, new_auxiliary_states = [delta], []
+        for auxiliary, auxiliary_state in zip(self.auxiliaries, auxiliary_states):
+            auxiliary_delta, auxiliary_state = auxiliary.step(gradient, auxiliary_state)
+            deltas.append(auxiliary_delta)
+            new_auxiliary_states.append(tuple(auxiliary_state))
+        thresholds = tf.cumsum(self.probabilities)[:-1]
+        choice = tf.reduce_sum(tf.cast(self.rng.uniform([]) >= thresholds, tf.int32))
+        return tf.gather(tf.stack(deltas), choice), (learned_state, tuple(new_auxiliary_states))
+
+
+def auxiliary_probability(epoch, num_auxiliaries, decay_epochs):
+    """1/(k+1) at epoch 0, decaying linearly to 0 at `decay_epochs`."""
+    return max(0.0, 1.0 - epoch / float(decay_epochs)) / (num_auxiliaries + 1)

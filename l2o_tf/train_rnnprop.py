@@ -1,0 +1,12 @@
+"""Meta-train RNNprop: the original `train_rnnprop.py` flags and defaults (evaluation every 10 epochs, beta1/beta2).
+
+    python -m l2o_tf.train_rnnprop --save_path=runs/rnnprop --num_epochs=100 --num_steps=100
+    python -m l2o_tf.train_rnnprop --save_path=runs/rnnprop_cl_il --if_cl --if_mt
+"""
+from l2o_tf import cli
+from l2o_tf import training
+
+training.define_flags(evaluation_period=10, mt_ratios="0.3 0.3 0.3", rnnprop=True)
+
+if __name__ == "__main__":
+    cli.run(lambda argv: training.main("rnnprop"))
