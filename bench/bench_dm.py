@@ -1,0 +1,340 @@
+#!/usr/bin/env python
+"""L2O-DM on the MNIST MLP: meta-iterations/s and evaluation steps/s against this machine's FLOP-bound floor.
+
+    python bench/bench_dm.py            # about 1.5 minutes on 2 CPU cores
+    python bench/bench_dm.py --quick    # a smoke run of a few seconds' timing
+
+What is timed (best of `--repeats` runs each, after a warm-up call that traces and compiles):
+  * a meta-iteration: `meta.Trainer.train_unroll`, 20 optimizee steps + meta-backprop + meta-Adam in one graph;
+  * an evaluation step: `meta.Runner.run`, 2000 steps in one compiled while-loop;
+  * for context, a plain meta-iteration written naively (nested tapes, meta-loss sum_t f_t differentiated through
+    the optimizee) to show what the surrogate objective of `meta.Trainer` saves.
+
+The floor counts matmul FLOPs only (formulas below and in bench/README.md) and divides them by the float32 rate
+that numpy (OpenBLAS) reaches, in this same run, on exactly the GEMMs of that work: the same shapes, the same
+transposes, executed in sequence ("shape-matched rate"). Elementwise work (sigmoid/tanh/products on [n, 80] gate
+arrays, LogAndSign, the softmax) is not in the floor. fraction = floor time / measured time, 1.0 = FLOP-bound.
+The last line of the output is `meta_fraction=<x> eval_fraction=<y>`.
+"""
+import os
+
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+
+import argparse  # noqa: E402
+import math  # noqa: E402
+import platform  # noqa: E402
+import time  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from l2o_tf import meta, networks, problems  # noqa: E402
+
+UNROLL = 20  # optimizee steps per meta-iteration (the paper's truncation)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# FLOP counting. A GEMM is (name, M, K, N, transpose_a, transpose_b): C[M, N] = op(A) @ op(B), 2*M*K*N FLOPs.
+# The same lists drive the numpy timing, so the counted FLOPs and the timed work are one and the same.
+#
+# Optimizee, an MLP with layers (k_in -> k_out), batch B = 128 (mnist: 784 -> 20 -> 10, sigmoid between):
+#   forward   per layer  X[B, k_in] @ W[k_in, k_out]                      2*B*k_in*k_out
+#   backward  per layer  dW = X^T[k_in, B] @ dZ[B, k_out]                 2*B*k_in*k_out
+#             layers > 1 dX = dZ[B, k_out] @ W^T[k_out, k_in]             2*B*k_in*k_out
+#             (no input gradient for the first layer: the images are constants)
+#   mnist: fwd = 2*128*(784*20 + 20*10) = 4,065,280; bwd = 2*128*(784*20 + 20*10 + 20*10) = 4,116,480.
+# Network (L2O-DM, per step, n = 15,910 coordinates as batch rows; LSTM l has input i_l, hidden h = 20,
+# gates [n, i_l + h] @ [i_l + h, 4h]; i_1 = 2 LogAndSign features, i_2 = 20):
+#   forward   LSTM1 2*n*(22*80) + LSTM2 2*n*(40*80) + linear 2*n*(20*1) = 2*n*4980 = 158.5 MFLOP
+#   backward  per GEMM: input gradient dZ @ W^T and weight gradient X^T @ dZ, each as many FLOPs as the forward
+#             GEMM: backward = 2 x forward = 316.9 MFLOP. (TF computes the full [n, 22] input gradient of the
+#             first LSTM though only its 20 h columns are needed: 1.6% of the backward is strictly avoidable.)
+# Per meta-iteration (second_derivatives=False, surrogate objective): 21 optimizee loss+grad evaluations,
+#   20 network forwards and 20 network backwards = 21*8.18 M + 20*475.4 M = 9.68 GFLOP.
+# Per evaluation step (Runner): 1 optimizee loss+grad + 1 network forward + 1 optimizee forward (the recorded
+#   loss on a fresh batch) = 8.18 + 158.5 + 4.07 = 170.7 MFLOP.
+# Not counted: elementwise ops (per LSTM step and coordinate: 3 sigmoid, 2 tanh, ~6 mul/add on 20-wide rows,
+#   their backward, LogAndSign, x += delta), the minibatch gather, softmax cross-entropy, meta-Adam.
+# ---------------------------------------------------------------------------------------------------------------
+
+def mlp_layers(problem):
+    """(k_in, k_out) of each dense layer of an MLP problem, from its weight shapes."""
+    return [tuple(shape) for shape in problem.param_shapes if len(shape) == 2]
+
+
+def optimizee_forward_gemms(problem, batch=problems.BATCH_SIZE):
+    return [(f"opt fwd L{i}", batch, k_in, k_out, False, False)
+            for i, (k_in, k_out) in enumerate(mlp_layers(problem), start=1)]
+
+
+def optimizee_backward_gemms(problem, batch=problems.BATCH_SIZE):
+    gemms = []
+    for i, (k_in, k_out) in reversed(list(enumerate(mlp_layers(problem), start=1))):
+        gemms.append((f"opt dW L{i}", k_in, batch, k_out, True, False))
+        if i > 1:
+            gemms.append((f"opt dX L{i}", batch, k_out, k_in, False, True))
+    return gemms
+
+
+def network_layers(cell):
+    """(name, rows-in, cols-out) of the cell's GEMMs per coordinate: LSTMs [i+h -> 4h], then linear [h -> 1]."""
+    layers, size = [], cell.feature_size
+    for index, hidden in enumerate(cell.hidden_sizes, start=1):
+        layers.append((f"lstm{index}", size + hidden, 4 * hidden))
+        size = hidden
+    layers.append(("linear", size, 1))
+    return layers
+
+
+def network_forward_gemms(cell, n):
+    return [(f"net fwd {name}", n, k, m, False, False) for name, k, m in network_layers(cell)]
+
+
+def network_backward_gemms(cell, n):
+    gemms = []
+    for name, k, m in reversed(network_layers(cell)):
+        gemms.append((f"net dX {name}", n, m, k, False, True))   # dZ[n, m] @ W^T[m, k]
+        gemms.append((f"net dW {name}", k, n, m, True, False))   # X^T[k, n] @ dZ[n, m]
+    return gemms
+
+
+def flops(gemms):
+    return sum(2 * m * k * n for _, m, k, n, _, _ in gemms)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# numpy GEMM rates
+# ---------------------------------------------------------------------------------------------------------------
+
+class GemmSet:
+    """Preallocated operands and outputs for a list of GEMMs; `run()` executes them all once, in order."""
+
+    def __init__(self, gemms, rng):
+        self.gemms, self.calls = gemms, []
+        for _, m, k, n, trans_a, trans_b in gemms:
+            a = rng.standard_normal((k, m) if trans_a else (m, k), dtype=np.float32)
+            b = rng.standard_normal((n, k) if trans_b else (k, n), dtype=np.float32)
+            self.calls.append((a.T if trans_a else a, b.T if trans_b else b, np.empty((m, n), np.float32)))
+        self.flops = flops(gemms)
+
+    def run(self):
+        for a, b, out in self.calls:
+            np.matmul(a, b, out=out)
+
+
+def best_time(fn, repeats, min_seconds):
+    """Best per-call seconds over `repeats` timed loops, each loop long enough to last about `min_seconds`."""
+    fn()
+    start = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - start, 1e-7)
+    loops = max(1, int(math.ceil(min_seconds / once)))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(loops):
+            fn()
+        best = min(best, (time.perf_counter() - start) / loops)
+    return best
+
+
+def time_blocks(blocks, rng, repeats=7, min_seconds=0.1):
+    """{block name: best seconds for one execution of its GEMM list}."""
+    return {name: best_time(GemmSet(gemms, rng).run, repeats, min_seconds) for name, gemms in blocks.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The plain baseline: the same unroll written naively, meta-loss sum_t f(x_t) differentiated through the optimizee.
+# ---------------------------------------------------------------------------------------------------------------
+
+class PlainTrainer:
+    """What `meta.Trainer` would be without its surrogate: every f(x_t) is differentiated twice, once by an inner
+    tape for the update rule's input g_t (under stop_gradient, as second_derivatives=False), and once more by the
+    outer tape, which backpropagates the meta-loss through the optimizee into x_t. Same unroll otherwise (a Python
+    loop inside one tf.function), meta-Adam applied unconditionally."""
+
+    def __init__(self, problem, cell, rng, learning_rate=1e-3, unroll_length=UNROLL):
+        self.problem, self.cell, self.rng, self.unroll_length = problem, cell, rng, unroll_length
+        if not cell.built:
+            cell.build()
+        self.variables = cell.trainable_variables
+        self.optimizer = keras.optimizers.Adam(learning_rate=learning_rate, epsilon=1e-8)
+        self.optimizer.build(self.variables)
+        self._unroll_fn = tf.function(self._unroll, reduce_retracing=True)
+
+    def new_trajectory(self):
+        return meta.new_trajectory(self.problem, self.cell, self.rng)
+
+    def train_unroll(self, trajectory):
+        x, state, meta_loss = self._unroll_fn(trajectory)
+        return trajectory._replace(x=x, state=state), float(meta_loss)
+
+    def _unroll(self, trajectory):
+        x, state, constants, scale = trajectory
+        with tf.GradientTape() as outer:
+            losses = []
+            for step in range(self.unroll_length + 1):
+                with tf.GradientTape() as inner:
+                    inner.watch(x)
+                    loss = self.problem.flat_loss(scale * x, constants, self.rng)
+                gradient = tf.stop_gradient(inner.gradient(loss, x))
+                losses.append(loss)
+                if step < self.unroll_length:
+                    delta, state = self.cell.step(gradient, state)
+                    x = x + delta
+            meta_loss = tf.add_n(losses)
+        gradients = outer.gradient(meta_loss, self.variables)
+        self.optimizer.apply_gradients(zip(gradients, self.variables))
+        return x, state, meta_loss
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+def time_meta(trainer, trajectory, iterations, repeats):
+    """Best seconds per meta-iteration over `repeats` runs of `iterations` (train_unroll syncs to Python floats)."""
+    trajectory = trainer.train_unroll(trajectory)[0]  # warm-up: traces and optimises the graph
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(iterations):
+            trajectory = trainer.train_unroll(trajectory)[0]
+        best = min(best, (time.perf_counter() - start) / iterations)
+    return best
+
+
+def time_eval(runner, trajectory, steps, repeats):
+    trajectory, _ = runner.run(trajectory, steps, chunk=steps)  # warm-up with the same (traced) loop
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        trajectory, losses = runner.run(trajectory, steps, chunk=steps)
+        best = min(best, (time.perf_counter() - start) / steps)
+    return best
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--meta-iterations", type=int, default=10, help="meta-iterations per timed run")
+    parser.add_argument("--eval-steps", type=int, default=2000, help="evaluation steps per timed run (one chunk)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement; the best is kept")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the plain (no-surrogate) baseline")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 meta-iterations, 100 eval steps")
+    args = parser.parse_args()
+    if args.quick:
+        args.meta_iterations, args.eval_steps, args.repeats = 2, 100, 2
+    wall_start = time.perf_counter()
+
+    problem = problems.get("mnist", mode="train")
+    cell = networks.CoordinateWiseDeepLSTM(seed=0)
+    cell.build()
+    n = problem.num_params
+
+    # -- FLOPs ----------------------------------------------------------------------------------------------
+    opt_fwd, opt_bwd = optimizee_forward_gemms(problem), optimizee_backward_gemms(problem)
+    net_fwd, net_bwd = network_forward_gemms(cell, n), network_backward_gemms(cell, n)
+    loss_grad_flops = flops(opt_fwd) + flops(opt_bwd)
+    meta_flops = (UNROLL + 1) * loss_grad_flops + UNROLL * (flops(net_fwd) + flops(net_bwd))
+    eval_flops = loss_grad_flops + flops(net_fwd) + flops(opt_fwd)
+
+    print(f"l2o-tf L2O-DM benchmark: problem mnist (MLP {'-'.join(str(k) for k, _ in mlp_layers(problem))}-"
+          f"{mlp_layers(problem)[-1][1]}, batch {problems.BATCH_SIZE}), n = {n} parameters; "
+          f"CoordinateWiseDeepLSTM {cell.feature_size}->{'->'.join(map(str, cell.hidden_sizes))}->1; "
+          f"unroll {UNROLL}")
+    print(f"machine: {os.cpu_count()} CPU cores ({cpu_name()}), TensorFlow {tf.__version__}, numpy {np.__version__}")
+    print()
+    print("Counted FLOPs (matmul only, multiply-add = 2 FLOPs; elementwise ops are not in the floor):")
+    print(f"  optimizee forward      2*B*(784*20 + 20*10)            {flops(opt_fwd) / 1e6:10.3f} MFLOP")
+    print(f"  optimizee backward     2*B*(784*20 + 20*10 + 20*10)    {flops(opt_bwd) / 1e6:10.3f} MFLOP")
+    print(f"  network forward        2*n*(22*80 + 40*80 + 20*1)      {flops(net_fwd) / 1e6:10.3f} MFLOP")
+    print(f"  network backward       2 x forward                     {flops(net_bwd) / 1e6:10.3f} MFLOP")
+    print(f"  meta-iteration         21 x (opt fwd+bwd) + 20 x (net fwd+bwd)  {meta_flops / 1e9:8.3f} GFLOP")
+    print(f"  evaluation step        (opt fwd+bwd) + net fwd + opt fwd        {eval_flops / 1e6:8.3f} MFLOP")
+    print()
+
+    # -- numpy GEMM rates (before and after the TF timings; the faster of the two is kept) -----------------
+    blocks = {"optimizee forward": opt_fwd, "optimizee backward": opt_bwd,
+              "network forward": net_fwd, "network backward": net_bwd}
+    rng = np.random.default_rng(0)
+    print("Measuring numpy float32 GEMM rates ...", flush=True)
+    block_seconds = time_blocks(blocks, rng)
+    shape_seconds = {g[0]: best_time(GemmSet([g], rng).run, 5, 0.05) for gemms in blocks.values() for g in gemms}
+    square = GemmSet([("square 1024^3", 1024, 1024, 1024, False, False)], rng)
+    square_seconds = best_time(square.run, 5, 0.2)
+
+    # -- TF timings -----------------------------------------------------------------------------------------
+    print(f"Timing meta-iterations (best of {args.repeats} x {args.meta_iterations}) ...", flush=True)
+    trainer = meta.Trainer(problem, cell, tf.random.Generator.from_seed(0), learning_rate=1e-3,
+                           unroll_length=UNROLL)
+    meta_seconds = time_meta(trainer, trainer.new_trajectory(), args.meta_iterations, args.repeats)
+
+    print(f"Timing evaluation steps (best of {args.repeats} x {args.eval_steps}) ...", flush=True)
+    runner = meta.Runner(problem, cell, tf.random.Generator.from_seed(1))
+    eval_seconds = time_eval(runner, runner.new_trajectory(), args.eval_steps, args.repeats)
+
+    plain_seconds = None
+    if not args.no_baseline:
+        print(f"Timing the plain baseline (best of {args.repeats} x {args.meta_iterations}) ...", flush=True)
+        plain = PlainTrainer(problem, networks.CoordinateWiseDeepLSTM(seed=0), tf.random.Generator.from_seed(2))
+        plain_seconds = time_meta(plain, plain.new_trajectory(), args.meta_iterations, args.repeats)
+
+    again = time_blocks(blocks, rng)
+    block_seconds = {name: min(block_seconds[name], again[name]) for name in blocks}
+
+    # -- floors ---------------------------------------------------------------------------------------------
+    t = block_seconds
+    meta_floor = (UNROLL + 1) * (t["optimizee forward"] + t["optimizee backward"]) + UNROLL * (
+        t["network forward"] + t["network backward"])
+    eval_floor = 2 * t["optimizee forward"] + t["optimizee backward"] + t["network forward"]
+    meta_rate, eval_rate = meta_flops / meta_floor, eval_flops / eval_floor
+
+    print()
+    print("numpy float32 GEMM rates, best of repeated runs (OpenBLAS, all cores):")
+    print(f"  {'GEMM  C[M,N] = op(A)[M,K] op(B)[K,N]':42s} {'M':>6s} {'K':>6s} {'N':>6s} {'us':>10s} {'GFLOP/s':>8s}")
+    for gemms in blocks.values():
+        for name, m, k, nn, trans_a, trans_b in gemms:
+            label = f"{name}{'  (A^T)' if trans_a else ''}{'  (B^T)' if trans_b else ''}"
+            sec = shape_seconds[name]
+            print(f"  {label:42s} {m:6d} {k:6d} {nn:6d} {sec * 1e6:10.1f} {2 * m * k * nn / sec / 1e9:8.2f}")
+    print(f"  {'block (its GEMMs run in sequence)':42s} {'':20s} {'us':>10s} {'GFLOP/s':>8s}")
+    for name, gemms in blocks.items():
+        print(f"  {name:42s} {'':20s} {t[name] * 1e6:10.1f} {flops(gemms) / t[name] / 1e9:8.2f}")
+    print(f"  {'square 1024 x 1024 x 1024 (context only)':42s} {'':20s} {square_seconds * 1e6:10.1f} "
+          f"{square.flops / square_seconds / 1e9:8.2f}")
+    print(f"  shape-matched rate, meta-iteration GEMM set: {meta_rate / 1e9:7.2f} GFLOP/s  <- defines the meta floor")
+    print(f"  shape-matched rate, evaluation-step GEMM set: {eval_rate / 1e9:6.2f} GFLOP/s  <- defines the eval floor")
+    print("  (floor time = counted FLOPs / shape-matched rate = numpy's time for exactly those GEMMs)")
+    print()
+
+    meta_fraction, eval_fraction = meta_floor / meta_seconds, eval_floor / eval_seconds
+    print(f"  {'':18s} {'rate':>16s} {'time/op':>12s} {'FLOPs':>12s} {'floor time':>12s} {'achieved':>12s} "
+          f"{'fraction':>9s}")
+    print(f"  {'meta-iteration':18s} {1 / meta_seconds:10.3f} it/s {meta_seconds * 1e3:9.2f} ms "
+          f"{meta_flops / 1e9:6.3f} GFLOP {meta_floor * 1e3:9.2f} ms {meta_flops / meta_seconds / 1e9:6.2f} GFLOP/s "
+          f"{meta_fraction:9.3f}")
+    print(f"  {'evaluation step':18s} {1 / eval_seconds:8.1f} steps/s {eval_seconds * 1e3:9.3f} ms "
+          f"{eval_flops / 1e6:6.1f} MFLOP {eval_floor * 1e3:9.3f} ms {eval_flops / eval_seconds / 1e9:6.2f} GFLOP/s "
+          f"{eval_fraction:9.3f}")
+    print(f"  (fraction = floor time / measured time; 1.0 would be as fast as numpy's GEMMs alone)")
+    if plain_seconds is not None:
+        print()
+        print(f"  plain baseline (nested tapes, no surrogate): {1 / plain_seconds:.3f} it/s, "
+              f"{plain_seconds * 1e3:.2f} ms/it; meta.Trainer is {plain_seconds / meta_seconds:.2f}x its speed")
+    print()
+    print(f"total benchmark wall time {time.perf_counter() - wall_start:.0f} s")
+    print(f"meta_fraction={meta_fraction:.3f} eval_fraction={eval_fraction:.3f}")
+
+
+if __name__ == "__main__":
+    main()
