@@ -18,10 +18,8 @@ import zlib
 import numpy as np
 from absl import logging
 
-try:
-    from numpy._core import multiarray as _np_multiarray, numeric as _np_numeric
-except ImportError:  # numpy < 2
-    from numpy.core import multiarray as _np_multiarray, numeric as _np_numeric
+from l2o_tf import fileio
+
 
 
 class DataError(Exception):
@@ -71,12 +69,6 @@ _CIFAR_FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": 
 _CIFAR_RECORD = 1 + 3 * 32 * 32
 
 # Everything a pickled numpy uint8 array needs (protocols 2 to 5, numpy 1 and 2 module paths), and nothing else.
-_PICKLE_GLOBALS = {
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    **{(core + ".multiarray", "_reconstruct"): _np_multiarray._reconstruct for core in ("numpy.core", "numpy._core")},
-    **{(core + ".numeric", "_frombuffer"): _np_numeric._frombuffer for core in ("numpy.core", "numpy._core")},
-}
 
 
 def load(name: str, split: str, data_dir: str | None = None, download: bool = False) -> Dataset:
@@ -331,19 +323,10 @@ def _read_cifar_bin(path):
     return records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
 
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only the globals a numpy array needs, so a pickle cannot run code."""
-
-    def find_class(self, module, name):
-        if (module, name) not in _PICKLE_GLOBALS:
-            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR-10 batch")
-        return _PICKLE_GLOBALS[(module, name)]
-
-
 def _read_cifar_pickle(path):
     try:
         with open(path, "rb") as f:
-            batch = _NumpyOnlyUnpickler(f, encoding="bytes").load()
+            batch = fileio.RestrictedUnpickler(f, what="a CIFAR-10 batch", encoding="bytes").load()
     except Exception as e:  # pylint: disable=broad-except  # any unpickling failure means a bad file
         raise DataFormatError(f"{path}: not a valid CIFAR-10 python batch ({type(e).__name__}: {e})") from e
     if not isinstance(batch, dict):

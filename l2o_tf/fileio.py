@@ -6,6 +6,33 @@ import tempfile
 
 import numpy as np
 
+try:  # numpy >= 2 moved its internals to numpy._core; pickles name either
+    from numpy._core import multiarray as _np_multiarray, numeric as _np_numeric
+except ImportError:  # pragma: no cover - numpy 1.x
+    from numpy.core import multiarray as _np_multiarray, numeric as _np_numeric
+
+NUMPY_GLOBALS = {
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    **{(core + ".multiarray", "_reconstruct"): _np_multiarray._reconstruct for core in ("numpy.core", "numpy._core")},
+    **{(core + ".numeric", "_frombuffer"): _np_numeric._frombuffer for core in ("numpy.core", "numpy._core")},
+}
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Resolves only the globals in `allowed` (by default what numpy arrays need), so a pickle cannot run code."""
+
+    def __init__(self, file, allowed=None, what="this file", **kwargs):
+        super().__init__(file, **kwargs)
+        self.allowed = NUMPY_GLOBALS if allowed is None else allowed
+        self.what = what
+
+    def find_class(self, module, name):
+        try:
+            return self.allowed[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in {self.what}") from None
+
 
 def atomic_write_bytes(path, data):
     """Write `data` to `path` through a temporary file in the same directory and an atomic rename."""

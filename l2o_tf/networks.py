@@ -302,7 +302,7 @@ def read_weights(path):
     """The dict module -> variable -> float32 array of a weights pickle, read without running arbitrary code."""
     try:
         with open(path, "rb") as f:
-            weights = _RestrictedUnpickler(f).load()
+            weights = fileio.RestrictedUnpickler(f, _WEIGHTS_GLOBALS, what="a weights file").load()
     except FileNotFoundError:
         raise WeightsFileError(f"{path}: no such weights file") from None
     except IsADirectoryError:
@@ -354,29 +354,17 @@ def _dill_import_module(name):
 def _dill_get_attr(module, name):
     if not isinstance(module, _DillModule) or name != "_reconstruct":
         raise pickle.UnpicklingError(f"attribute {name!r} is not allowed in a weights file")
-    return np.ndarray.__reduce__(np.zeros(0))[0]  # numpy's own _reconstruct, whatever module it lives in
+    return fileio.NUMPY_GLOBALS[("numpy._core.multiarray", "_reconstruct")]
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Builds only dicts and numpy arrays: exactly what the original dill pickles and ours contain."""
-
-    _ALLOWED = {
-        ("collections", "defaultdict"): collections.defaultdict,
-        ("collections", "OrderedDict"): collections.OrderedDict,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("numpy.core.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.zeros(0))[0],
-        ("numpy._core.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.zeros(0))[0],
-        ("dill._dill", "_load_type"): _dill_load_type,
-        ("dill._dill", "_import_module"): _dill_import_module,
-        ("dill._dill", "_get_attr"): _dill_get_attr,
-    }
-
-    def find_class(self, module, name):
-        try:
-            return self._ALLOWED[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a weights file") from None
+_WEIGHTS_GLOBALS = {
+    **fileio.NUMPY_GLOBALS,
+    ("collections", "defaultdict"): collections.defaultdict,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("dill._dill", "_load_type"): _dill_load_type,
+    ("dill._dill", "_import_module"): _dill_import_module,
+    ("dill._dill", "_get_attr"): _dill_get_attr,
+}
 
 
 class _WeightsPickler(pickle.Pickler):
