@@ -9,7 +9,6 @@ import collections
 import functools
 import gzip
 import os
-import pickle
 import socket
 import struct
 import threading
