@@ -59,7 +59,10 @@ class ImitationTrainer:
         """One imitation epoch over a recorded trajectory: one Adam step per unroll; returns the last unroll's loss.
 
         The state starts at zero, the evident intent; see docs/FIDELITY.md for the original's quirk."""
-        num_params = int(gradients.shape[1])
+        num_steps, num_params = (int(n) for n in gradients.shape)
+        if num_steps < self.unroll_length:
+            raise ValueError(f"an imitation trajectory of {num_steps} steps is shorter than one unroll "
+                             f"({self.unroll_length})")
         state = self.cell.initial_state(num_params)
         loss = float("nan")
         for start in range(0, int(gradients.shape[0]) - self.unroll_length + 1, self.unroll_length):

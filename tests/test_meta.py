@@ -122,7 +122,7 @@ def test_one_train_unroll_is_one_meta_adam_step(quadratic):
         large = np.abs(g) > 1e-3
         assert large.any()
         np.testing.assert_allclose(change[large], -1e-3 * np.sign(g[large]), rtol=1e-3)
-        assert np.all(np.abs(change) <= 1e-3 * (1 + 1e-5))
+        assert np.all(np.abs(change) <= 1e-3 * (1 + 1e-4))  # Adam never steps further than lr
 
 
 def test_meta_loss_is_the_sum_of_the_21_losses(quadratic):
