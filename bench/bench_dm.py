@@ -107,20 +107,29 @@ def flops(gemms):
 # numpy GEMM rates
 # ---------------------------------------------------------------------------------------------------------------
 
-class GemmSet:
-    """Preallocated operands and outputs for a list of GEMMs; `run()` executes them all once, in order."""
+VARIANTS = ("view", "contiguous", "outer")
 
-    def __init__(self, gemms, rng):
-        self.gemms, self.calls = gemms, []
-        for _, m, k, n, trans_a, trans_b in gemms:
-            a = rng.standard_normal((k, m) if trans_a else (m, k), dtype=np.float32)
-            b = rng.standard_normal((n, k) if trans_b else (k, n), dtype=np.float32)
-            self.calls.append((a.T if trans_a else a, b.T if trans_b else b, np.empty((m, n), np.float32)))
-        self.flops = flops(gemms)
 
-    def run(self):
-        for a, b, out in self.calls:
-            np.matmul(a, b, out=out)
+def gemm_call(gemm, variant, rng):
+    """A zero-argument function computing one GEMM with numpy into a preallocated output, or None when `variant`
+    does not apply. "view": a transposed operand is a transposed view (BLAS gets the transpose flag, as TF's
+    MatMul does); "contiguous": it is stored already transposed; "outer": K = 1, a broadcast product (OpenBLAS is
+    slow on rank-1 GEMMs, and the floor should not charge TF for that)."""
+    _, m, k, n, trans_a, trans_b = gemm
+    a = rng.standard_normal((k, m) if trans_a else (m, k), dtype=np.float32)
+    b = rng.standard_normal((n, k) if trans_b else (k, n), dtype=np.float32)
+    a, b = (a.T if trans_a else a), (b.T if trans_b else b)
+    out = np.empty((m, n), np.float32)
+    if variant == "view":
+        return lambda: np.matmul(a, b, out=out)
+    if variant == "contiguous":
+        if not (trans_a or trans_b):
+            return None
+        a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+        return lambda: np.matmul(a, b, out=out)
+    if variant == "outer" and k == 1:
+        return lambda: np.multiply(a, b, out=out)
+    return None
 
 
 def best_time(fn, repeats, min_seconds):
@@ -139,9 +148,43 @@ def best_time(fn, repeats, min_seconds):
     return best
 
 
-def time_blocks(blocks, rng, repeats=7, min_seconds=0.1):
-    """{block name: best seconds for one execution of its GEMM list}."""
-    return {name: best_time(GemmSet(gemms, rng).run, repeats, min_seconds) for name, gemms in blocks.items()}
+class NumpyGemms:
+    """numpy's best float32 time for each GEMM alone (operands hot in cache, its fastest layout variant) and for
+    each block of GEMMs run back to back, as one step runs them (operands partly evicted by the previous GEMMs)."""
+
+    def __init__(self, blocks, seed=0):
+        self.blocks, self.rng = blocks, np.random.default_rng(seed)
+        self.gemm_seconds, self.variant, self.block_seconds, self.calls = {}, {}, {}, {}
+
+    def choose_variants(self, repeats=3, min_seconds=0.02):
+        for gemms in self.blocks.values():
+            for gemm in gemms:
+                for variant in VARIANTS:
+                    call = gemm_call(gemm, variant, self.rng)
+                    if call is None:
+                        continue
+                    seconds = best_time(call, repeats, min_seconds)
+                    if seconds < self.gemm_seconds.get(gemm[0], float("inf")):
+                        self.gemm_seconds[gemm[0]], self.variant[gemm[0]], self.calls[gemm[0]] = \
+                            seconds, variant, call
+
+    def measure(self, repeats=2, min_seconds=0.05):
+        """Times every GEMM alone and every block once more; keeps the best of all measurements."""
+        for name, gemms in self.blocks.items():
+            calls = [self.calls[gemm[0]] for gemm in gemms]
+            for gemm, call in zip(gemms, calls):
+                self.gemm_seconds[gemm[0]] = min(self.gemm_seconds[gemm[0]], best_time(call, 1, min_seconds / 2))
+
+            def run(calls=calls):
+                for call in calls:
+                    call()
+
+            seconds = best_time(run, repeats, min_seconds)
+            self.block_seconds[name] = min(self.block_seconds.get(name, float("inf")), seconds)
+
+    def block_sum(self, name):
+        """The block's time as the sum of its GEMMs timed alone (hot cache): a tighter floor."""
+        return sum(self.gemm_seconds[gemm[0]] for gemm in self.blocks[name])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -191,26 +234,38 @@ class PlainTrainer:
 
 # ---------------------------------------------------------------------------------------------------------------
 
-def time_meta(trainer, trajectory, iterations, repeats):
-    """Best seconds per meta-iteration over `repeats` runs of `iterations` (train_unroll syncs to Python floats)."""
-    trajectory = trainer.train_unroll(trajectory)[0]  # warm-up: traces and optimises the graph
-    best = float("inf")
-    for _ in range(repeats):
+class Timed:
+    """A benchmarked operation: `once()` runs `units` of it (and syncs); `best` keeps the fastest seconds per unit."""
+
+    def __init__(self, name, run, state, units):
+        self.name, self._run, self.state, self.units = name, run, state, units
+        self.best = float("inf")
+
+    def warm_up(self, units=None):
+        self.state = self._run(self.state, units or self.units)
+
+    def once(self):
         start = time.perf_counter()
-        for _ in range(iterations):
+        self.state = self._run(self.state, self.units)
+        seconds = (time.perf_counter() - start) / self.units
+        self.best = min(self.best, seconds)
+        return seconds
+
+
+def meta_iterations(trainer):
+    """run(trajectory, k): k meta-iterations; `train_unroll` returns Python floats, so each one syncs."""
+    def run(trajectory, k):
+        for _ in range(k):
             trajectory = trainer.train_unroll(trajectory)[0]
-        best = min(best, (time.perf_counter() - start) / iterations)
-    return best
+        return trajectory
+    return run
 
 
-def time_eval(runner, trajectory, steps, repeats):
-    trajectory, _ = runner.run(trajectory, steps, chunk=steps)  # warm-up with the same (traced) loop
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        trajectory, losses = runner.run(trajectory, steps, chunk=steps)
-        best = min(best, (time.perf_counter() - start) / steps)
-    return best
+def evaluation_steps(runner):
+    """run(trajectory, k): k evaluation steps in ONE compiled while-loop (chunk = k), losses fetched to numpy."""
+    def run(trajectory, k):
+        return runner.run(trajectory, k, chunk=k)[0]
+    return run
 
 
 def cpu_name():
@@ -263,58 +318,76 @@ def main():
     print(f"  evaluation step        (opt fwd+bwd) + net fwd + opt fwd        {eval_flops / 1e6:8.3f} MFLOP")
     print()
 
-    # -- numpy GEMM rates (before and after the TF timings; the faster of the two is kept) -----------------
+    # -- set up and warm up (the first call of each compiled function traces and optimises its graph) ----------
     blocks = {"optimizee forward": opt_fwd, "optimizee backward": opt_bwd,
               "network forward": net_fwd, "network backward": net_bwd}
-    rng = np.random.default_rng(0)
-    print("Measuring numpy float32 GEMM rates ...", flush=True)
-    block_seconds = time_blocks(blocks, rng)
-    shape_seconds = {g[0]: best_time(GemmSet([g], rng).run, 5, 0.05) for gemms in blocks.values() for g in gemms}
-    square = GemmSet([("square 1024^3", 1024, 1024, 1024, False, False)], rng)
-    square_seconds = best_time(square.run, 5, 0.2)
+    gemms = NumpyGemms(blocks)
+    print("Measuring numpy float32 GEMMs (each shape, each layout variant) ...", flush=True)
+    gemms.choose_variants()
+    gemms.measure()
+    square = gemm_call(("square", 1024, 1024, 1024, False, False), "view", gemms.rng)
+    square_seconds = best_time(square, 5, 0.2)
 
-    # -- TF timings -----------------------------------------------------------------------------------------
-    print(f"Timing meta-iterations (best of {args.repeats} x {args.meta_iterations}) ...", flush=True)
+    print("Tracing and warming up ...", flush=True)
     trainer = meta.Trainer(problem, cell, tf.random.Generator.from_seed(0), learning_rate=1e-3,
                            unroll_length=UNROLL)
-    meta_seconds = time_meta(trainer, trainer.new_trajectory(), args.meta_iterations, args.repeats)
-
-    print(f"Timing evaluation steps (best of {args.repeats} x {args.eval_steps}) ...", flush=True)
     runner = meta.Runner(problem, cell, tf.random.Generator.from_seed(1))
-    eval_seconds = time_eval(runner, runner.new_trajectory(), args.eval_steps, args.repeats)
-
-    plain_seconds = None
+    timed = [Timed("meta-iteration", meta_iterations(trainer), trainer.new_trajectory(), args.meta_iterations),
+             Timed("evaluation step", evaluation_steps(runner), runner.new_trajectory(), args.eval_steps)]
     if not args.no_baseline:
-        print(f"Timing the plain baseline (best of {args.repeats} x {args.meta_iterations}) ...", flush=True)
         plain = PlainTrainer(problem, networks.CoordinateWiseDeepLSTM(seed=0), tf.random.Generator.from_seed(2))
-        plain_seconds = time_meta(plain, plain.new_trajectory(), args.meta_iterations, args.repeats)
+        timed.append(Timed("plain meta-iteration", meta_iterations(plain), plain.new_trajectory(),
+                           args.meta_iterations))
+    for op in timed:
+        op.warm_up(units=min(op.units, 20))
 
-    again = time_blocks(blocks, rng)
-    block_seconds = {name: min(block_seconds[name], again[name]) for name in blocks}
+    # -- timed rounds: every measurement once per round, interleaved, so that a burst of load from other processes
+    # hits them alike; the best round of each is kept --------------------------------------------------------------
+    for r in range(1, args.repeats + 1):
+        line = []
+        for op in timed:
+            line.append(f"{op.name} {op.once() * 1e3:.2f} ms")
+        gemms.measure()
+        print(f"  round {r}/{args.repeats}: " + ", ".join(line), flush=True)
+    meta_seconds, eval_seconds = timed[0].best, timed[1].best
+    plain_seconds = None if args.no_baseline else timed[2].best
 
     # -- floors ---------------------------------------------------------------------------------------------
-    t = block_seconds
-    meta_floor = (UNROLL + 1) * (t["optimizee forward"] + t["optimizee backward"]) + UNROLL * (
-        t["network forward"] + t["network backward"])
-    eval_floor = 2 * t["optimizee forward"] + t["optimizee backward"] + t["network forward"]
-    meta_rate, eval_rate = meta_flops / meta_floor, eval_flops / eval_floor
+    def floors(seconds):
+        """(meta floor, eval floor) from per-block seconds: the counts of each block in one op."""
+        opt = seconds["optimizee forward"] + seconds["optimizee backward"]
+        meta_floor = (UNROLL + 1) * opt + UNROLL * (seconds["network forward"] + seconds["network backward"])
+        return meta_floor, opt + seconds["optimizee forward"] + seconds["network forward"]
 
+    t = gemms.block_seconds
+    meta_floor, eval_floor = floors(t)
+    meta_hot, eval_hot = floors({name: gemms.block_sum(name) for name in blocks})
+    meta_rate, eval_rate = meta_flops / meta_floor, eval_flops / eval_floor
     print()
-    print("numpy float32 GEMM rates, best of repeated runs (OpenBLAS, all cores):")
-    print(f"  {'GEMM  C[M,N] = op(A)[M,K] op(B)[K,N]':42s} {'M':>6s} {'K':>6s} {'N':>6s} {'us':>10s} {'GFLOP/s':>8s}")
-    for gemms in blocks.values():
-        for name, m, k, nn, trans_a, trans_b in gemms:
+    print("numpy float32 GEMMs, best of repeated runs (OpenBLAS, all cores; fastest layout variant of each):")
+    print(f"  {'GEMM  C[M,N] = op(A)[M,K] op(B)[K,N]':34s} {'M':>6s} {'K':>6s} {'N':>6s} {'variant':>11s} "
+          f"{'us':>9s} {'GFLOP/s':>8s}")
+    for block in blocks.values():
+        for name, m, k, nn, trans_a, trans_b in block:
             label = f"{name}{'  (A^T)' if trans_a else ''}{'  (B^T)' if trans_b else ''}"
-            sec = shape_seconds[name]
-            print(f"  {label:42s} {m:6d} {k:6d} {nn:6d} {sec * 1e6:10.1f} {2 * m * k * nn / sec / 1e9:8.2f}")
-    print(f"  {'block (its GEMMs run in sequence)':42s} {'':20s} {'us':>10s} {'GFLOP/s':>8s}")
-    for name, gemms in blocks.items():
-        print(f"  {name:42s} {'':20s} {t[name] * 1e6:10.1f} {flops(gemms) / t[name] / 1e9:8.2f}")
-    print(f"  {'square 1024 x 1024 x 1024 (context only)':42s} {'':20s} {square_seconds * 1e6:10.1f} "
-          f"{square.flops / square_seconds / 1e9:8.2f}")
-    print(f"  shape-matched rate, meta-iteration GEMM set: {meta_rate / 1e9:7.2f} GFLOP/s  <- defines the meta floor")
-    print(f"  shape-matched rate, evaluation-step GEMM set: {eval_rate / 1e9:6.2f} GFLOP/s  <- defines the eval floor")
-    print("  (floor time = counted FLOPs / shape-matched rate = numpy's time for exactly those GEMMs)")
+            sec = gemms.gemm_seconds[name]
+            print(f"  {label:34s} {m:6d} {k:6d} {nn:6d} {gemms.variant[name]:>11s} {sec * 1e6:9.1f} "
+                  f"{2 * m * k * nn / sec / 1e9:8.2f}")
+    print(f"  {'blocks (their GEMMs back to back)':34s} {'':33s} {'us':>9s} {'GFLOP/s':>8s} {'alone':>8s}")
+    for name, block in blocks.items():
+        print(f"  {name:34s} {'':33s} {t[name] * 1e6:9.1f} {flops(block) / t[name] / 1e9:8.2f} "
+              f"{flops(block) / gemms.block_sum(name) / 1e9:8.2f}")
+    print(f"  {'square 1024 x 1024 x 1024 (context)':34s} {'':33s} {square_seconds * 1e6:9.1f} "
+          f"{2 * 1024 ** 3 / square_seconds / 1e9:8.2f}")
+    print("  ('alone': the block's GEMMs each timed alone, operands hot in cache; back to back is what one step does)")
+    print()
+    print("FLOOR: counted FLOPs / the shape-matched rate, i.e. numpy's time for exactly the GEMMs of the op, blocks")
+    print("back to back: meta = 21 x (opt fwd + opt bwd) + 20 x (net fwd + net bwd); eval = 2 x opt fwd + opt bwd +")
+    print("net fwd. The square-matmul rate is NOT used.")
+    print(f"  shape-matched rate, meta-iteration GEMM set:  {meta_rate / 1e9:6.2f} GFLOP/s -> meta floor "
+          f"{meta_floor * 1e3:8.3f} ms")
+    print(f"  shape-matched rate, evaluation-step GEMM set: {eval_rate / 1e9:6.2f} GFLOP/s -> eval floor "
+          f"{eval_floor * 1e3:8.3f} ms")
     print()
 
     meta_fraction, eval_fraction = meta_floor / meta_seconds, eval_floor / eval_seconds
@@ -326,7 +399,9 @@ def main():
     print(f"  {'evaluation step':18s} {1 / eval_seconds:8.1f} steps/s {eval_seconds * 1e3:9.3f} ms "
           f"{eval_flops / 1e6:6.1f} MFLOP {eval_floor * 1e3:9.3f} ms {eval_flops / eval_seconds / 1e9:6.2f} GFLOP/s "
           f"{eval_fraction:9.3f}")
-    print(f"  (fraction = floor time / measured time; 1.0 would be as fast as numpy's GEMMs alone)")
+    print("  (fraction = floor time / measured time; 1.0 would be as fast as numpy running the same GEMMs)")
+    print(f"  against the tighter hot-cache floor (GEMMs alone): meta {meta_hot * 1e3:.2f} ms -> "
+          f"{meta_hot / meta_seconds:.3f}, eval {eval_hot * 1e3:.3f} ms -> {eval_hot / eval_seconds:.3f}")
     if plain_seconds is not None:
         print()
         print(f"  plain baseline (nested tapes, no surrogate): {1 / plain_seconds:.3f} it/s, "

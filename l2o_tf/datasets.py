@@ -17,11 +17,12 @@ import zlib
 import numpy as np
 from absl import logging
 
+from l2o_tf import errors
 from l2o_tf import fileio
 
 
 
-class DataError(Exception):
+class DataError(errors.L2OError):
     """A dataset could not be loaded."""
 
 
@@ -35,6 +36,9 @@ class DataFormatError(DataError):
 
 Dataset = collections.namedtuple("Dataset", ["images", "labels", "source"])
 NAMES = ("mnist", "fashion_mnist", "cifar10")
+# The dataset behind each optimizee problem of the paper (None: the problem needs no data).
+PROBLEM_DATASETS = {"quadratic": None, "mnist": "mnist", "mnist_relu": "mnist", "mnist_deeper": "mnist",
+                    "mnist_conv": "mnist", "cifar_conv": "cifar10", "lenet": "cifar10", "nas": "cifar10"}
 SPLITS = ("train", "test")
 
 # The original's read_data_sets held out the first 5000 training images as a (unused) validation set.

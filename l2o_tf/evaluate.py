@@ -21,23 +21,7 @@ from l2o_tf import networks
 from l2o_tf import optimizers
 
 FLAGS = flags.FLAGS
-BASELINES = ("Adam", "RMSProp", "SGD", "NAG", "Adagrad")
 PROGRESS_EVERY = 500  # steps per compiled chunk, between progress lines
-
-
-def define_flags(rnnprop=False):
-    flags.DEFINE_string("optimizer", "L2L", f"L2L (a learned optimizer from --path) or one of {', '.join(BASELINES)}.")
-    flags.DEFINE_string("problem", "mnist", "Optimizee problem (the original's default 'simple' is not a paper problem).")
-    flags.DEFINE_string("path", None, "Learned optimizer file, e.g. trained_models/dm/cw.l2l-0.")
-    flags.DEFINE_string("output_path", "out", "Directory for the loss record.")
-    flags.DEFINE_integer("num_epochs", 1, "Repeated runs; like the original, later epochs continue the trajectory.")
-    flags.DEFINE_integer("num_steps", 10000, "Optimizee steps per epoch.")
-    flags.DEFINE_float("learning_rate", 0.001, "Learning rate of a hand-designed --optimizer.")
-    flags.DEFINE_integer("seed", None, "Seed of the optimizee init and minibatches; none = a fresh one, logged.")
-    if rnnprop:
-        flags.DEFINE_float("beta1", 0.95, "RNNprop input feature beta1.")
-        flags.DEFINE_float("beta2", 0.95, "RNNprop input feature beta2.")
-    cli.define_data_flags()
 
 
 def update_rule(optimizer, path, learning_rate, expected_cell, **cell_overrides):
@@ -50,8 +34,8 @@ def update_rule(optimizer, path, learning_rate, expected_cell, **cell_overrides)
             raise cli.UsageError(f"{path} holds a {type(cell).__name__}, not a {expected_cell.__name__}; "
                                  f"use evaluate_{'rnnprop' if isinstance(cell, networks.RNNprop) else 'dm'}")
         return cell
-    if optimizer not in BASELINES:
-        raise cli.UsageError(f"unknown --optimizer={optimizer!r}: expected L2L or one of {', '.join(BASELINES)}")
+    if optimizer not in cli.BASELINES:
+        raise cli.UsageError(f"unknown --optimizer={optimizer!r}: expected L2L or one of {', '.join(cli.BASELINES)}")
     return optimizers.get(optimizer, cli.positive("learning_rate", learning_rate))
 
 
@@ -67,14 +51,17 @@ def evaluate(problem, rule, num_steps, num_epochs, seed, on_progress=None):
     return np.concatenate(records)
 
 
-def main(expected_cell, cell_overrides=()):
+def main(net):
+    """Evaluate with the flags; `net` ("dm" or "rnnprop") is the learned optimizer `--optimizer=L2L` expects."""
+    expected_cell = {"dm": networks.CoordinateWiseDeepLSTM, "rnnprop": networks.RNNprop}[net]
+    cell_overrides = ("beta1", "beta2") if net == "rnnprop" else ()
     positive = cli.positive
     positive("num_steps", FLAGS.num_steps)
     positive("num_epochs", FLAGS.num_epochs)
     seed = cli.seed_or_random(FLAGS.seed)
     overrides = {name: FLAGS[name].value for name in cell_overrides}
     rule = update_rule(FLAGS.optimizer, FLAGS.path, FLAGS.learning_rate, expected_cell, **overrides)
-    problem = cli.make_problem(FLAGS.problem, mode="test")
+    problem = cli.make_problem(mode="test")
     logging.info("evaluating %s on %s (%d parameters) for %d x %d steps", FLAGS.optimizer, problem.name,
                  problem.num_params, FLAGS.num_epochs, FLAGS.num_steps)
     start = time.time()

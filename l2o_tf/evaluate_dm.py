@@ -4,10 +4,8 @@
     python -m l2o_tf.evaluate_dm --optimizer=Adam --learning_rate=0.01 --problem=mnist --num_steps=2000
 """
 from l2o_tf import cli
-from l2o_tf import evaluate
-from l2o_tf import networks
 
-evaluate.define_flags()
+cli.define_evaluation_flags()
 
 if __name__ == "__main__":
-    cli.run(lambda argv: evaluate.main(networks.CoordinateWiseDeepLSTM))
+    cli.run("evaluate", net="dm", mode="test")

@@ -3,10 +3,8 @@
     python -m l2o_tf.evaluate_rnnprop --path=trained_models/rnnprop/rp.l2l-0 --problem=mnist --seed=2
 """
 from l2o_tf import cli
-from l2o_tf import evaluate
-from l2o_tf import networks
 
-evaluate.define_flags(rnnprop=True)
+cli.define_evaluation_flags(rnnprop=True)
 
 if __name__ == "__main__":
-    cli.run(lambda argv: evaluate.main(networks.RNNprop, cell_overrides=("beta1", "beta2")))
+    cli.run("evaluate", net="rnnprop", mode="test")

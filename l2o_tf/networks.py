@@ -21,6 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from l2o_tf import errors
 from l2o_tf import fileio
 
 FORGET_BIAS = 1.0
@@ -256,7 +257,7 @@ def for_problem(net, problem_name, **kwargs):
 
 # -- files ------------------------------------------------------------------------------------------------------
 
-class WeightsFileError(ValueError):
+class WeightsFileError(errors.L2OError, ValueError):
     """A weights file that is missing, corrupt, unsafe, or not the weights of a known learned optimizer."""
 
 

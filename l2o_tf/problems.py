@@ -24,6 +24,8 @@ from typing import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from l2o_tf import datasets
+
 PROBLEMS = ("quadratic", "mnist", "mnist_relu", "mnist_deeper", "mnist_conv", "cifar_conv", "lenet", "nas")
 MODES = ("train", "test")
 
@@ -230,21 +232,21 @@ _CIFAR_SHAPE = (32, 32, 3)
 
 # name -> (dataset name, image shape, parameter layout, logits function)
 _CLASSIFIERS = {
-    "mnist": ("mnist", _MNIST_SHAPE, _mlp_layout((784, 20, 10)),
+    "mnist": (_MNIST_SHAPE, _mlp_layout((784, 20, 10)),
               functools.partial(_mlp_logits, activation=tf.sigmoid)),
-    "mnist_relu": ("mnist", _MNIST_SHAPE, _mlp_layout((784, 20, 10)),
+    "mnist_relu": (_MNIST_SHAPE, _mlp_layout((784, 20, 10)),
                    functools.partial(_mlp_logits, activation=tf.nn.relu)),
-    "mnist_deeper": ("mnist", _MNIST_SHAPE, _mlp_layout((784, 20, 20, 10)),
+    "mnist_deeper": (_MNIST_SHAPE, _mlp_layout((784, 20, 20, 10)),
                      functools.partial(_mlp_logits, activation=tf.sigmoid)),
-    "mnist_conv": ("mnist", _MNIST_SHAPE,
+    "mnist_conv": (_MNIST_SHAPE,
                    _conv_layout("conv_layer1", 3, 1, 16) + _conv_layout("conv_layer2", 5, 16, 32) + _fc_layout(512),
                    functools.partial(_small_cnn_logits, stride=1)),
-    "cifar_conv": ("cifar10", _CIFAR_SHAPE,
+    "cifar_conv": (_CIFAR_SHAPE,
                    _conv_layout("conv_layer1", 3, 3, 16) + _conv_layout("conv_layer2", 5, 16, 32) + _fc_layout(32),
                    functools.partial(_small_cnn_logits, stride=2)),
-    "lenet": ("cifar10", _CIFAR_SHAPE, _lenet_layout(), _lenet_logits),
+    "lenet": (_CIFAR_SHAPE, _lenet_layout(), _lenet_logits),
     # Order follows the cell's wiring: node0, node0_onto_node2, node1, node1_onto_node3, then FC.
-    "nas": ("cifar10", _CIFAR_SHAPE,
+    "nas": (_CIFAR_SHAPE,
             _conv_layout("node0", 3, 3, 16, "weights", "biases")
             + _conv_layout("node0_onto_node2", 3, 16, 16, "weights", "biases")
             + _conv_layout("node1", 3, 16, 16, "weights", "biases")
@@ -289,10 +291,9 @@ def get(name: str, mode: str = "train", data_dir: str | None = None, download: b
         if dataset is not None:
             raise ValueError("the quadratic problem uses no dataset")
         return QuadraticProblem(name, mode, *map(tuple, zip(*_QUADRATIC_LAYOUT)))
-    data_name, image_shape, layout, logits_fn = _CLASSIFIERS[name]
+    image_shape, layout, logits_fn = _CLASSIFIERS[name]
     if dataset is None:
-        from l2o_tf import datasets
-        loaded = datasets.load(data_name, mode, data_dir=data_dir, download=download)
+        loaded = datasets.load(datasets.PROBLEM_DATASETS[name], mode, data_dir=data_dir, download=download)
         dataset = (loaded.images, loaded.labels)
     images, labels = _check_dataset(dataset, image_shape, name)
     names, shapes, stddevs = map(tuple, zip(*layout))

@@ -4,9 +4,8 @@
     python -m l2o_tf.train_dm --save_path=runs/dm_cl_il --if_cl --if_mt
 """
 from l2o_tf import cli
-from l2o_tf import training
 
-training.define_flags(evaluation_period=100, mt_ratios="0.0 0.1 0.3 0.3 0.3 0.3 0.3 0.3")
+cli.define_training_flags(evaluation_period=100, mt_ratios="0.0 0.1 0.3 0.3 0.3 0.3 0.3 0.3")
 
 if __name__ == "__main__":
-    cli.run(lambda argv: training.main("dm"))
+    cli.run("training", net="dm", mode="train")

@@ -4,9 +4,8 @@
     python -m l2o_tf.train_rnnprop --save_path=runs/rnnprop_cl_il --if_cl --if_mt
 """
 from l2o_tf import cli
-from l2o_tf import training
 
-training.define_flags(evaluation_period=10, mt_ratios="0.3 0.3 0.3", rnnprop=True)
+cli.define_training_flags(evaluation_period=10, mt_ratios="0.3 0.3 0.3", rnnprop=True)
 
 if __name__ == "__main__":
-    cli.run(lambda argv: training.main("rnnprop"))
+    cli.run("training", net="rnnprop", mode="train")

@@ -32,40 +32,6 @@ MAX_FAILED_EPOCHS = 20  # consecutive epochs whose every meta-update was non-fin
 TEACHER_LEARNING_RATE = 0.01  # the original's fixed teacher learning rate
 
 
-def define_flags(evaluation_period, mt_ratios, rnnprop=False):
-    """The original flags with the original defaults; the two trainers differ only in the given defaults."""
-    flags.DEFINE_string("save_path", None, "Directory for the saved optimizers, checkpoint and history.")
-    flags.DEFINE_integer("num_epochs", 10000, "Number of training epochs (optimizee trajectories).")
-    flags.DEFINE_integer("evaluation_period", evaluation_period, "Validate every this many epochs.")
-    flags.DEFINE_integer("evaluation_epochs", 20, "Trajectories per validation (their final losses are summed).")
-    flags.DEFINE_integer("num_steps", 100, "Optimizee steps per epoch without curriculum.")
-    flags.DEFINE_integer("unroll_length", 20, "Steps per meta-update (truncated backpropagation length).")
-    flags.DEFINE_float("learning_rate", 0.001, "Learning rate of the meta-optimizer (Adam).")
-    flags.DEFINE_bool("second_derivatives", False, "Backpropagate through the optimizee gradients.")
-    flags.DEFINE_string("problem", "mnist", "Optimizee problem to train on.")
-    flags.DEFINE_bool("if_scale", False, "Random scaling of the optimizee's coordinates per epoch.")
-    flags.DEFINE_float("rd_scale_bound", 3.0, "Random scaling factor exp(U(-b, b)).")
-    flags.DEFINE_bool("if_cl", False, "Curriculum learning over --num_steps_schedule.")
-    flags.DEFINE_string("num_steps_schedule", " ".join(map(str, curriculum.DEFAULT_SCHEDULE)),
-                        "Curriculum training lengths; stage i validates at the length of stage i+1.")
-    flags.DEFINE_integer("min_num_eval", 3, "Minimum validations per curriculum stage.")
-    flags.DEFINE_bool("if_mt", False, "Imitation learning of hand-designed optimizers (the original 'multi-task').")
-    flags.DEFINE_integer("num_mt", 1, "Number of imitation tasks; task i imitates the i-th of --optimizers.")
-    flags.DEFINE_string("optimizers", "adam", "Comma-separated teachers: adam, rmsprop, nag, sgd, adagrad.")
-    flags.DEFINE_float("mt_ratio", 0.3, "Probability of an imitation epoch without curriculum.")
-    flags.DEFINE_string("mt_ratios", mt_ratios, "Imitation probability per curriculum stage (last one reused).")
-    flags.DEFINE_integer("k", 1, "Teacher steps per recorded imitation step.")
-    flags.DEFINE_bool("self_improving", False, "Mix auxiliary optimizers' steps into training (paper's §4.2).")
-    flags.DEFINE_string("auxiliary_optimizers", "adam,sgd,adagrad", "Self-improving auxiliaries.")
-    flags.DEFINE_integer("auxiliary_decay_epochs", 100, "Epochs over which auxiliary probabilities decay to 0.")
-    flags.DEFINE_integer("seed", None, "Seed of every random draw; none = a fresh one, logged and checkpointed.")
-    flags.DEFINE_integer("checkpoint_secs", 60, "Also checkpoint at the end of an epoch after this many seconds.")
-    if rnnprop:
-        flags.DEFINE_float("beta1", 0.95, "RNNprop input feature beta1.")
-        flags.DEFINE_float("beta2", 0.95, "RNNprop input feature beta2.")
-    cli.define_data_flags()
-
-
 class MetaTraining:
     """One training run: the trainers, the schedule and the counters, with checkpoint save and restore."""
 
@@ -284,7 +250,7 @@ def check_flags():
 def main(net):
     check_flags()
     cell_kwargs = {name: FLAGS[name].value for name in ("beta1", "beta2") if name in FLAGS}
-    problem = cli.make_problem(FLAGS.problem, mode="train")
+    problem = cli.make_problem(mode="train")
     checkpoint = os.path.join(FLAGS.save_path, CHECKPOINT) if FLAGS.save_path else None
     if checkpoint and os.path.exists(checkpoint):
         with np.load(checkpoint) as data:

@@ -59,7 +59,7 @@ def test_missing_dataset_fails_fast_with_a_clear_error(env):
     code, log = run("evaluate_dm", env, "--optimizer=SGD", "--problem=cifar_conv", "--num_steps=10")
     assert code == 2
     assert "cifar10" in log and "--data_dir" in log and "Traceback" not in log
-    assert time.time() - start < 30  # most of it is importing TensorFlow; the data search itself takes < 1 s
+    assert time.time() - start < 5  # the data is checked before TensorFlow is imported
 
 
 @pytest.mark.parametrize("flags, message", [
