@@ -1,19 +1,22 @@
 #!/usr/bin/env python
 """L2O-DM on the MNIST MLP: meta-iterations/s and evaluation steps/s against this machine's FLOP-bound floor.
 
-    python bench/bench_dm.py            # about 1.5 minutes on 2 CPU cores
-    python bench/bench_dm.py --quick    # a smoke run of a few seconds' timing
+    python bench/bench_dm.py            # about 70-90 s on 2 CPU cores
+    python bench/bench_dm.py --quick    # smoke run, about 25 s
 
-What is timed (best of `--repeats` runs each, after a warm-up call that traces and compiles):
+What is timed, after a warm-up call of each compiled function (tracing, graph optimisation):
   * a meta-iteration: `meta.Trainer.train_unroll`, 20 optimizee steps + meta-backprop + meta-Adam in one graph;
-  * an evaluation step: `meta.Runner.run`, 2000 steps in one compiled while-loop;
-  * for context, a plain meta-iteration written naively (nested tapes, meta-loss sum_t f_t differentiated through
-    the optimizee) to show what the surrogate objective of `meta.Trainer` saves.
+  * an evaluation step: `meta.Runner.run`, 2000 steps in one compiled while-loop (chunk = 2000);
+  * for context, a plain meta-iteration written naively (nested tapes, the meta-loss sum_t f(x_t) differentiated
+    through the optimizee a second time) instead of `meta.Trainer`'s surrogate objective.
+Each is run once per round, the rounds interleaved with numpy's GEMM timings, and the best round is kept, so that
+load from other processes on the machine inflates no measurement more than the others.
 
 The floor counts matmul FLOPs only (formulas below and in bench/README.md) and divides them by the float32 rate
-that numpy (OpenBLAS) reaches, in this same run, on exactly the GEMMs of that work: the same shapes, the same
-transposes, executed in sequence ("shape-matched rate"). Elementwise work (sigmoid/tanh/products on [n, 80] gate
-arrays, LogAndSign, the softmax) is not in the floor. fraction = floor time / measured time, 1.0 = FLOP-bound.
+that numpy (OpenBLAS) reaches, in this same run, on exactly the GEMMs of that work: the same shapes and
+transposes, run back to back as one step runs them (the "shape-matched rate"); equivalently, the floor is numpy's
+own time for those GEMMs. Elementwise work (sigmoid/tanh/products on [n, 20..80] gate arrays, split/concat copies,
+LogAndSign, the softmax) is not in the floor. fraction = floor time / measured time; 1.0 = as fast as the GEMMs.
 The last line of the output is `meta_fraction=<x> eval_fraction=<y>`.
 """
 import os
@@ -168,7 +171,7 @@ class NumpyGemms:
                         self.gemm_seconds[gemm[0]], self.variant[gemm[0]], self.calls[gemm[0]] = \
                             seconds, variant, call
 
-    def measure(self, repeats=2, min_seconds=0.05):
+    def measure(self, repeats=4, min_seconds=0.05):
         """Times every GEMM alone and every block once more; keeps the best of all measurements."""
         for name, gemms in self.blocks.items():
             calls = [self.calls[gemm[0]] for gemm in gemms]
@@ -183,7 +186,7 @@ class NumpyGemms:
             self.block_seconds[name] = min(self.block_seconds.get(name, float("inf")), seconds)
 
     def block_sum(self, name):
-        """The block's time as the sum of its GEMMs timed alone (hot cache): a tighter floor."""
+        """The block's time as the sum of its GEMMs each timed alone (hot cache): the "hot-cache" floor."""
         return sum(self.gemm_seconds[gemm[0]] for gemm in self.blocks[name])
 
 
@@ -237,12 +240,13 @@ class PlainTrainer:
 class Timed:
     """A benchmarked operation: `once()` runs `units` of it (and syncs); `best` keeps the fastest seconds per unit."""
 
-    def __init__(self, name, run, state, units):
+    def __init__(self, name, run, state, units, warm_up_units):
         self.name, self._run, self.state, self.units = name, run, state, units
-        self.best = float("inf")
+        self.warm_up_units, self.best = warm_up_units, float("inf")
 
-    def warm_up(self, units=None):
-        self.state = self._run(self.state, units or self.units)
+    def warm_up(self):
+        """The first call traces and optimises the graph; later calls with any count reuse it."""
+        self.state = self._run(self.state, self.warm_up_units)
 
     def once(self):
         start = time.perf_counter()
@@ -283,7 +287,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--meta-iterations", type=int, default=10, help="meta-iterations per timed run")
     parser.add_argument("--eval-steps", type=int, default=2000, help="evaluation steps per timed run (one chunk)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement; the best is kept")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed rounds; the best round of each measurement is kept")
     parser.add_argument("--no-baseline", action="store_true", help="skip the plain (no-surrogate) baseline")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 meta-iterations, 100 eval steps")
     args = parser.parse_args()
@@ -332,14 +337,14 @@ def main():
     trainer = meta.Trainer(problem, cell, tf.random.Generator.from_seed(0), learning_rate=1e-3,
                            unroll_length=UNROLL)
     runner = meta.Runner(problem, cell, tf.random.Generator.from_seed(1))
-    timed = [Timed("meta-iteration", meta_iterations(trainer), trainer.new_trajectory(), args.meta_iterations),
-             Timed("evaluation step", evaluation_steps(runner), runner.new_trajectory(), args.eval_steps)]
+    timed = [Timed("meta-iteration", meta_iterations(trainer), trainer.new_trajectory(), args.meta_iterations, 2),
+             Timed("evaluation step", evaluation_steps(runner), runner.new_trajectory(), args.eval_steps, 50)]
     if not args.no_baseline:
         plain = PlainTrainer(problem, networks.CoordinateWiseDeepLSTM(seed=0), tf.random.Generator.from_seed(2))
         timed.append(Timed("plain meta-iteration", meta_iterations(plain), plain.new_trajectory(),
-                           args.meta_iterations))
+                           args.meta_iterations, 2))
     for op in timed:
-        op.warm_up(units=min(op.units, 20))
+        op.warm_up()
 
     # -- timed rounds: every measurement once per round, interleaved, so that a burst of load from other processes
     # hits them alike; the best round of each is kept --------------------------------------------------------------
@@ -400,7 +405,7 @@ def main():
           f"{eval_flops / 1e6:6.1f} MFLOP {eval_floor * 1e3:9.3f} ms {eval_flops / eval_seconds / 1e9:6.2f} GFLOP/s "
           f"{eval_fraction:9.3f}")
     print("  (fraction = floor time / measured time; 1.0 would be as fast as numpy running the same GEMMs)")
-    print(f"  against the tighter hot-cache floor (GEMMs alone): meta {meta_hot * 1e3:.2f} ms -> "
+    print(f"  against the hot-cache floor (each GEMM timed alone): meta {meta_hot * 1e3:.2f} ms -> "
           f"{meta_hot / meta_seconds:.3f}, eval {eval_hot * 1e3:.3f} ms -> {eval_hot / eval_seconds:.3f}")
     if plain_seconds is not None:
         print()
