@@ -28,21 +28,29 @@ FORGET_BIAS = 1.0
 HIDDEN_SIZES = (20, 20)
 
 
-def log_and_sign(gradient, k=5.0):
-    """The original LogAndSign features [max(log(|g|+eps)/k, -1), clip(g*e^k, -1, 1)] of a [n, 1] gradient."""
+def log_and_sign(gradient, k=5.0, axis=-1):
+    """The original LogAndSign features [max(log(|g|+eps)/k, -1), clip(g*e^k, -1, 1)], stacked along `axis`."""
     eps = np.finfo(np.float32).eps
     log = tf.maximum(tf.math.log(tf.abs(gradient) + eps) / k, -1.0)
     sign = tf.clip_by_value(gradient * np.float32(np.exp(k)), -1.0, 1.0)
-    return tf.concat([log, sign], axis=-1)
+    return tf.concat([log, sign], axis=axis)
 
 
 def sonnet_lstm(inputs, h, c, w_gates, b_gates):
-    """One step of a Sonnet-1 LSTM: gates from [inputs, h] in the order i, j, f, o, forget bias added at run time."""
-    gates = tf.matmul(tf.concat([inputs, h], axis=1), w_gates) + b_gates
-    i, j, f, o = tf.split(gates, 4, axis=1)
+    """One step of a Sonnet-1 LSTM, feature-major (`inputs` [D, n], `h`, `c` [H, n]; `w_gates` [D + H, 4H] as
+    stored): gates from [inputs, h] in the order i, j, f, o, forget bias added at run time.
+
+    Feature-major makes the four gate blocks contiguous rows, so splitting them copies nothing."""
+    gates = tf.matmul(w_gates, tf.concat([inputs, h], axis=0), transpose_a=True) + b_gates[:, None]
+    i, j, f, o = tf.split(gates, 4, axis=0)
     c = tf.sigmoid(f + FORGET_BIAS) * c + tf.sigmoid(i) * tf.tanh(j)
     h = tf.tanh(c) * tf.sigmoid(o)
     return h, c
+
+
+def _dense(x, module):
+    """Sonnet Linear on feature-major `x` [in, n]: (x^T w + b)^T."""
+    return tf.matmul(module["w"], x, transpose_a=True) + module["b"][:, None]
 
 
 class CoordinatewiseLSTMCell(keras.layers.Layer):
@@ -51,6 +59,9 @@ class CoordinatewiseLSTMCell(keras.layers.Layer):
     Subclasses say how the gradient becomes features (`_features`, with any extra per-coordinate state they keep)
     and how the linear output becomes an update (`_output`). Variables are named as the original's modules
     (`lstm_1/w_gates`, `linear/b`, ...) so that the original files map onto them one to one.
+
+    The computation is feature-major: `step` keeps its state as [size, n] tensors. The Keras RNN-cell `call`
+    (batch-major, [n, size]) transposes around the same computation.
     """
 
     key = None  # file prefix of the original: "cw" or "rp"
@@ -83,17 +94,9 @@ class CoordinatewiseLSTMCell(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs, states):
-        states = list(states)
-        num_lstm_states = 2 * len(self.hidden_sizes)
-        features, extra = self._features(inputs, states[num_lstm_states:])
-        x, new_states = features, []
-        for index, (h, c) in enumerate(zip(states[0:num_lstm_states:2], states[1:num_lstm_states:2]), start=1):
-            module = self._modules[f"lstm_{index}"]
-            x, c = sonnet_lstm(x, h, c, module["w_gates"], module["b_gates"])
-            new_states += [x, c]
-        linear = self._modules["linear"]
-        delta = self._output(tf.matmul(x, linear["w"]) + linear["b"])
-        return delta, new_states + list(extra)
+        """Batch-major RNN-cell step: `inputs` [n, 1] gradients, `states` [n, size] each."""
+        delta, states = self._step(tf.transpose(inputs), [tf.transpose(s) for s in states])
+        return tf.transpose(delta), [tf.transpose(s) for s in states]
 
     def get_initial_state(self, batch_size):
         return [tf.zeros([batch_size, size]) for size in self.state_size]
@@ -105,13 +108,25 @@ class CoordinatewiseLSTMCell(keras.layers.Layer):
 
     # -- 1-D optimizer API --------------------------------------------------------------------------------------
     def initial_state(self, num_coordinates):
-        """Zero state for `num_coordinates` scalar parameters (the original's initial state)."""
-        return tuple(self.get_initial_state(num_coordinates))
+        """Zero state for `num_coordinates` scalar parameters (the original's initial state), feature-major."""
+        return tuple(tf.zeros([size, num_coordinates]) for size in self.state_size)
 
     def step(self, gradient, state):
         """Update for a 1-D gradient: returns (delta to add to the parameters, new state)."""
-        delta, state = self(tf.reshape(gradient, [-1, 1]), list(state))
+        self._ensure_built()
+        delta, state = self._step(tf.reshape(gradient, [1, -1]), list(state))
         return tf.reshape(delta, [-1]), tuple(state)
+
+    def _step(self, gradient, states):
+        """The update, feature-major: `gradient` [1, n], `states` [size, n] each."""
+        num_lstm_states = 2 * len(self.hidden_sizes)
+        features, extra = self._features(gradient, states[num_lstm_states:])
+        x, new_states = features, []
+        for index, (h, c) in enumerate(zip(states[0:num_lstm_states:2], states[1:num_lstm_states:2]), start=1):
+            module = self._modules[f"lstm_{index}"]
+            x, c = sonnet_lstm(x, h, c, module["w_gates"], module["b_gates"])
+            new_states += [x, c]
+        return self._output(_dense(x, self._modules["linear"])), new_states + list(extra)
 
     # -- original weights ---------------------------------------------------------------------------------------
     def get_original_weights(self):
@@ -185,7 +200,7 @@ class CoordinateWiseDeepLSTM(CoordinatewiseLSTMCell):
     def _features(self, gradient, extra_states):
         if self.preprocess == "identity":
             return gradient, []
-        return log_and_sign(gradient, self.k), []
+        return log_and_sign(gradient, self.k, axis=0), []
 
     def get_config(self):
         config = super().get_config()
@@ -228,9 +243,8 @@ class RNNprop(CoordinatewiseLSTMCell):
         steps = steps + 1.0
         m_hat = m / (1.0 - tf.pow(self.beta1, steps))
         denominator = tf.sqrt(v / (1.0 - tf.pow(self.beta2, steps))) + self.epsilon
-        features = tf.concat([m_hat / denominator, gradient / denominator], axis=1)
-        projection = self._modules["input_projection"]
-        return tf.nn.elu(tf.matmul(features, projection["w"]) + projection["b"]), [m, v, steps]
+        features = tf.concat([m_hat / denominator, gradient / denominator], axis=0)
+        return tf.nn.elu(_dense(features, self._modules["input_projection"])), [m, v, steps]
 
     def _output(self, linear_output):
         return tf.tanh(linear_output) * self.scale

@@ -4,6 +4,7 @@ import pickle
 
 import numpy as np
 import pytest
+import keras
 import tensorflow as tf
 
 from l2o_tf import networks
@@ -201,3 +202,15 @@ def test_bad_files_give_clear_errors(tmp_path):
     wrong.write_bytes(pickle.dumps(weights, protocol=3))
     with pytest.raises(networks.WeightsFileError, match=r"lstm_2/w_gates\[40, 80\]"):
         networks.load(str(wrong))
+
+
+@pytest.mark.parametrize("cell_class", [networks.CoordinateWiseDeepLSTM, networks.RNNprop])
+def test_cell_runs_inside_keras_rnn_exactly_as_step(cell_class):
+    """The batch-major Keras RNN-cell API and the feature-major `step` are one computation."""
+    cell = cell_class(seed=1)
+    rnn = keras.layers.RNN(cell, return_sequences=True)
+    gradients = random_gradients(5, 7, seed=3)  # [steps, coordinates]
+    sequence = rnn(gradients.T[:, :, None]).numpy()[:, :, 0]  # Keras: [coordinates, steps, features]
+    np.testing.assert_allclose(sequence, run_cell(cell, gradients).T, rtol=1e-6, atol=1e-10)
+    restored = cell_class.from_config(cell.get_config())
+    assert restored.get_config() == cell.get_config()
