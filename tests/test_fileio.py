@@ -1,0 +1,41 @@
+"""Atomic writes: a failed or interrupted write leaves the previous file whole and no debris."""
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from l2o_tf import fileio
+
+
+def test_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.npz"
+    fileio.atomic_save_npz(str(path), weights=np.arange(3.0))
+
+    def crash(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        fileio.atomic_save_npz(str(path), weights=np.zeros(5))
+    with np.load(path) as data:
+        np.testing.assert_array_equal(data["weights"], np.arange(3.0))
+    assert os.listdir(tmp_path) == ["checkpoint.npz"]  # the temporary file is gone
+
+
+def test_writes_create_directories_and_round_trip(tmp_path):
+    path = tmp_path / "a" / "b" / "record.pickle"
+    fileio.atomic_save_pickle(str(path), [1.5, 2.5])
+    with open(path, "rb") as f:
+        assert pickle.load(f) == [1.5, 2.5]
+
+
+def test_the_restricted_unpickler_reads_arrays_and_refuses_code(tmp_path):
+    path = tmp_path / "x.pickle"
+    path.write_bytes(pickle.dumps({"a": np.arange(4, dtype=np.float32)}, protocol=3))
+    with open(path, "rb") as f:
+        loaded = fileio.RestrictedUnpickler(f).load()
+    np.testing.assert_array_equal(loaded["a"], np.arange(4, dtype=np.float32))
+    path.write_bytes(pickle.dumps(os.getcwd))
+    with open(path, "rb") as f, pytest.raises(pickle.UnpicklingError, match="posix.getcwd is not allowed"):
+        fileio.RestrictedUnpickler(f, what="x.pickle").load()
