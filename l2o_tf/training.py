@@ -12,6 +12,7 @@ to `<save_path>/checkpoint.npz` at every validation and every `--checkpoint_secs
 import json
 import os
 import time
+import zipfile
 
 import numpy as np
 import tensorflow as tf
@@ -20,6 +21,7 @@ from absl import logging
 
 from l2o_tf import cli
 from l2o_tf import curriculum
+from l2o_tf import errors
 from l2o_tf import fileio
 from l2o_tf import imitation
 from l2o_tf import meta
@@ -30,6 +32,21 @@ FLAGS = flags.FLAGS
 CHECKPOINT = "checkpoint.npz"
 MAX_FAILED_EPOCHS = 20  # consecutive epochs whose every meta-update was non-finite before we give up
 TEACHER_LEARNING_RATE = 0.01  # the original's fixed teacher learning rate
+
+
+class TrainingDiverged(errors.L2OError):
+    """Every meta-update of many epochs in a row was non-finite."""
+
+
+def read_checkpoint(path):
+    """(state dict, arrays dict) of a checkpoint, or a clear error for a file that is not one."""
+    try:
+        with np.load(path) as data:
+            arrays = {name: data[name] for name in data.files}
+        return json.loads(str(arrays.pop("state"))), arrays
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise errors.L2OError(f"{path} is not a readable training checkpoint ({type(e).__name__}: {e}); move it "
+                              "away to start a fresh run in that --save_path") from None
 
 
 class MetaTraining:
@@ -61,6 +78,7 @@ class MetaTraining:
         schedule = (curriculum.parse_schedule(FLAGS.num_steps_schedule) if FLAGS.if_cl else (FLAGS.num_steps,))
         self.curriculum = curriculum.Curriculum(schedule, FLAGS.min_num_eval, enabled=FLAGS.if_cl)
         self.epoch, self.imitation_task, self.skipped_updates = 0, 0, 0
+        self.finished = False  # the curriculum ended the run: running the command again does nothing
         self.history = []
 
     # -- one epoch ------------------------------------------------------------------------------------------------
@@ -83,8 +101,8 @@ class MetaTraining:
             self.imitation_task = (task + 1) % len(self.teachers)
             scale = FLAGS.rd_scale_bound if FLAGS.if_scale else 0.0
             gradients, steps = self.teachers[task].trajectory(unrolls * FLAGS.unroll_length, scale)
-            return f"imitation[{FLAGS.optimizers.split(',')[task].strip()}]", \
-                self.imitators[task].train_epoch(gradients, steps), unrolls
+            loss = self.imitators[task].train_epoch(gradients, steps)
+            return f"imitation[{self.teachers[task].rule.name}]", loss, unrolls
         if self.mixture is not None:
             self.mixture.set_auxiliary_probability(imitation.auxiliary_probability(
                 self.epoch, len(self.mixture.auxiliaries), FLAGS.auxiliary_decay_epochs))
@@ -125,26 +143,25 @@ class MetaTraining:
         arrays["rng_state"] = self.rng.state.numpy()
         state = {"epoch": self.epoch, "curriculum": self.curriculum.state_dict(), "history": self.history,
                  "imitation_task": self.imitation_task, "skipped_updates": self.skipped_updates,
-                 "choices": self.choices.bit_generator.state, "seed": self.seed,
+                 "choices": self.choices.bit_generator.state, "seed": self.seed, "finished": self.finished,
                  "flags": {**_run_flags(), "net": self.net}}
         fileio.atomic_save_npz(os.path.join(self.save_path, CHECKPOINT), state=json.dumps(state), **arrays)
         fileio.atomic_write_bytes(os.path.join(self.save_path, "history.json"), json.dumps(self.history).encode())
 
-    def resume(self, path):
-        with np.load(path) as data:
-            state = json.loads(str(data["state"]))
-            mismatched = {k: (v, state["flags"].get(k)) for k, v in {**_run_flags(), "net": self.net}.items()
-                          if k in RESUME_MUST_MATCH and state["flags"].get(k) != v}
-            if mismatched:
-                raise cli.UsageError(f"{path} was written by a different run: " + ", ".join(
-                    f"--{k}={old!r} there, {new!r} now" for k, (new, old) in mismatched.items()))
-            self.cell.set_original_weights({m: {n: data[f"cell/{m}/{n}"] for n in vs}
-                                            for m, vs in self.cell.get_original_weights().items()})
-            for name, optimizer in self._meta_optimizers():
-                for i, variable in enumerate(optimizer.variables):
-                    variable.assign(data[f"{name}/{i}"])
-            self.rng.reset(data["rng_state"])
-        self.epoch, self.history = state["epoch"], state["history"]
+    def resume(self, path, state, arrays):
+        """Continue from a checkpoint read by `read_checkpoint`; refuses one written by a different run."""
+        mismatched = {k: (v, state["flags"].get(k)) for k, v in {**_run_flags(), "net": self.net}.items()
+                      if k in RESUME_MUST_MATCH and state["flags"].get(k) != v}
+        if mismatched:
+            raise cli.UsageError(f"{path} was written by a different run: " + ", ".join(
+                f"--{k}={old!r} there, {new!r} now" for k, (new, old) in mismatched.items()))
+        self.cell.set_original_weights({m: {n: arrays[f"cell/{m}/{n}"] for n in vs}
+                                        for m, vs in self.cell.get_original_weights().items()})
+        for name, optimizer in self._meta_optimizers():
+            for i, variable in enumerate(optimizer.variables):
+                variable.assign(arrays[f"{name}/{i}"])
+        self.rng.reset(arrays["rng_state"])
+        self.epoch, self.history, self.finished = state["epoch"], state["history"], state["finished"]
         self.imitation_task, self.skipped_updates = state["imitation_task"], state["skipped_updates"]
         self.curriculum = curriculum.Curriculum.from_state_dict(state["curriculum"])
         self.choices.bit_generator.state = state["choices"]
@@ -159,7 +176,7 @@ class MetaTraining:
         cl = self.curriculum
         last_checkpoint = last_log = time.time()
         epoch_times, failed_epochs = [], 0
-        while self.epoch < FLAGS.num_epochs:
+        while self.epoch < FLAGS.num_epochs and not self.finished:
             start = time.time()
             kind, loss, applied = self.train_epoch()
             self.epoch += 1
@@ -167,7 +184,7 @@ class MetaTraining:
             failed_epochs = failed_epochs + 1 if applied == 0 else 0
             if failed_epochs >= MAX_FAILED_EPOCHS:
                 self.checkpoint()
-                raise RuntimeError(f"{failed_epochs} epochs in a row had only non-finite meta-gradients: training "
+                raise TrainingDiverged(f"{failed_epochs} epochs in a row had only non-finite meta-gradients: training "
                                    f"diverged; try a lower --learning_rate (checkpoint kept in {self.save_path})")
             self.history.append({"epoch": self.epoch, "kind": kind, "loss": loss, "train_steps": cl.train_steps})
             if time.time() - last_log > 10 or self.epoch == 1:
@@ -175,8 +192,7 @@ class MetaTraining:
                              FLAGS.num_epochs, kind, loss, cl.stage, cl.train_steps, np.mean(epoch_times[-50:]))
                 last_log = time.time()
             if self.epoch % FLAGS.evaluation_period == 0:
-                if self.evaluate() in (curriculum.STOP, curriculum.FINISHED):
-                    break
+                self.evaluate()
                 last_checkpoint = time.time()
             elif time.time() - last_checkpoint > FLAGS.checkpoint_secs:
                 self.checkpoint()
@@ -207,6 +223,7 @@ class MetaTraining:
                          os.path.join(self.save_path, f"{self.cell.key}.l2l-0"))
         elif decision == curriculum.FINISHED:
             logging.info("curriculum: the last stage (%d steps) stopped improving -> done", cl.train_steps)
+        self.finished = decision in (curriculum.STOP, curriculum.FINISHED)
         self.checkpoint()
         return decision
 
@@ -219,8 +236,7 @@ def _names(text):
 
 
 def _run_flags():
-    names = [name for name in FLAGS if name in _TRAIN_FLAG_NAMES]
-    return {name: FLAGS[name].value for name in names}
+    return {name: FLAGS[name].value for name in _TRAIN_FLAG_NAMES if name in FLAGS}
 
 
 _TRAIN_FLAG_NAMES = ("problem", "if_cl", "if_mt", "num_steps_schedule", "unroll_length", "num_steps", "num_epochs",
@@ -252,15 +268,13 @@ def main(net):
     cell_kwargs = {name: FLAGS[name].value for name in ("beta1", "beta2") if name in FLAGS}
     problem = cli.make_problem(mode="train")
     checkpoint = os.path.join(FLAGS.save_path, CHECKPOINT) if FLAGS.save_path else None
-    if checkpoint and os.path.exists(checkpoint):
-        with np.load(checkpoint) as data:
-            seed = json.loads(str(data["state"]))["seed"]
-    else:
-        seed = cli.seed_or_random(FLAGS.seed)
+    saved = read_checkpoint(checkpoint) if checkpoint and os.path.exists(checkpoint) else None
+    seed = saved[0]["seed"] if saved else cli.seed_or_random(FLAGS.seed)
     run = MetaTraining(net, problem, seed, FLAGS.save_path, cell_kwargs)
-    if checkpoint and os.path.exists(checkpoint):
-        run.resume(checkpoint)
-        logging.info("resuming %s from epoch %d (stage %d)", checkpoint, run.epoch, run.curriculum.stage)
+    if saved:
+        run.resume(checkpoint, *saved)
+        logging.info("resuming %s from epoch %d (stage %d)%s", checkpoint, run.epoch, run.curriculum.stage,
+                     ": the curriculum had already ended this run" if run.finished else "")
     elif not FLAGS.save_path:
         logging.warning("no --save_path: the trained optimizer will not be saved")
     logging.info("training %s on %s (%d parameters): %s", type(run.cell).__name__, problem.name,

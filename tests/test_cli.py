@@ -175,3 +175,24 @@ def test_imported_original_dm_cl_il_learns_mnist(tmp_path, env):
     with open(tmp_path / "L2L_eval_loss_record.pickle-mnist", "rb") as f:
         losses = np.array(pickle.load(f))
     assert losses[-50:].mean() < 0.5 * losses[:5].mean()
+
+
+def test_a_finished_curriculum_is_not_trained_further_when_run_again(tmp_path, env):
+    flags = [f"--save_path={tmp_path / 'cl'}", "--problem=quadratic", "--if_cl", "--num_steps_schedule=20 40",
+             "--min_num_eval=1", "--evaluation_period=1", "--evaluation_epochs=1", "--num_epochs=30", "--seed=2"]
+    code, log = run("train_dm", env, *flags)
+    assert code == 0, log
+    records = history(str(tmp_path / "cl"))
+    decisions = [h["decision"] for h in records if h["kind"] == "validation"]
+    assert decisions[-1] in ("stop", "finished") and len(decisions) < 30  # the curriculum ended the run
+    if "advance" in decisions:  # the stage after an advance validates at the last length
+        assert [h["stage"] for h in records if h["kind"] == "validation"][decisions.index("advance")] == 1
+    code, log = run("train_dm", env, *flags)
+    assert code == 0 and "already ended" in log
+    assert history(str(tmp_path / "cl")) == records
+
+
+def test_a_corrupt_checkpoint_is_a_clear_error(tmp_path, env):
+    (tmp_path / "checkpoint.npz").write_bytes(b"not a zip file")
+    code, log = run("train_dm", env, f"--save_path={tmp_path}", "--problem=quadratic", "--num_epochs=1")
+    assert code == 2 and "not a readable training checkpoint" in log and "Traceback" not in log
