@@ -7,7 +7,8 @@ runs a whole unroll or run inside one `tf.function`; Python only loops over unro
 Meta-gradient (the original, SPEC_DM §4.1): meta-loss = f_0 + ... + f_T over an unroll of T steps, the optimizee
 gradient g_t under stop_gradient unless `second_derivatives`. Then d f_t / d theta = g_t . d x_t / d theta exactly,
 so the tape records the surrogate sum_t <stop_gradient(g_t), x_t> instead of differentiating the optimizee a second
-time: the same meta-gradient, a third less work per step.
+time: the same meta-gradient without a second optimizee backward per step (negligible on the MNIST MLP, where the
+LSTM dominates, bench/README.md; it is the optimizee's cost that it saves on the convnets).
 """
 import collections
 
@@ -114,7 +115,7 @@ class Trainer:
 
 
 class Runner:
-    """Runs any update rule on a problem with no meta-learning: evaluation, validation, baselines, teachers.
+    """Runs any update rule on a problem with no meta-learning: evaluation, validation, baselines.
 
     `run(trajectory, num_steps)` records, at step i, f(x_{i+1}) on a fresh minibatch (the original evaluation's
     `cost_op`). Steps run in a `tf.while_loop` compiled by XLA, which fuses the cell's elementwise work (1.8x
