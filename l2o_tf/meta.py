@@ -118,14 +118,16 @@ class Runner:
     """Runs any update rule on a problem with no meta-learning: evaluation, validation, baselines.
 
     `run(trajectory, num_steps)` records, at step i, f(x_{i+1}) on a fresh minibatch (the original evaluation's
-    `cost_op`). Steps run in a `tf.while_loop` compiled by XLA, which fuses the cell's elementwise work (1.8x
-    faster than plain graph mode here, bench/README.md), `chunk` at a time, so long runs can report progress.
+    `cost_op`). Steps run in a compiled `tf.while_loop`, `chunk` at a time, so long runs can report progress.
+    The loop is XLA-compiled unless the problem has convolutions: XLA fuses the cell's elementwise work (1.9x
+    faster on the MNIST MLP) but its CPU convolutions are 2-30x slower than TF's (bench/README.md).
     """
 
     def __init__(self, problem, rule, rng):
         self.problem, self.rule, self.rng = problem, rule, rng
-        self._run = tf.function(self._loop, jit_compile=True, reduce_retracing=True)
-        self._final = tf.function(self._final_loss_loop, jit_compile=True, reduce_retracing=True)
+        jit = not problem.is_convolutional
+        self._run = tf.function(self._loop, jit_compile=jit, reduce_retracing=True)
+        self._final = tf.function(self._final_loss_loop, jit_compile=jit, reduce_retracing=True)
 
     def new_trajectory(self, scale_bound=0.0):
         return new_trajectory(self.problem, self.rule, self.rng, scale_bound)

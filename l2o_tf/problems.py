@@ -53,6 +53,11 @@ class Problem:
     def num_params(self) -> int:
         return sum(math.prod(shape) for shape in self.param_shapes)
 
+    @property
+    def is_convolutional(self) -> bool:
+        """Whether any parameter is a conv kernel ([kh, kw, c_in, c_out])."""
+        return any(len(shape) == 4 for shape in self.param_shapes)
+
     def init_params(self, rng: tf.random.Generator) -> list:
         return [rng.normal(shape, stddev=std) if std else tf.zeros(shape)
                 for shape, std in zip(self.param_shapes, self.param_stddevs)]

@@ -196,3 +196,21 @@ def test_a_corrupt_checkpoint_is_a_clear_error(tmp_path, env):
     (tmp_path / "checkpoint.npz").write_bytes(b"not a zip file")
     code, log = run("train_dm", env, f"--save_path={tmp_path}", "--problem=quadratic", "--num_epochs=1")
     assert code == 2 and "not a readable training checkpoint" in log and "Traceback" not in log
+
+
+def test_cifar_problems_evaluate_from_cifar_binary_batches(tmp_path, env):
+    """No CIFAR-10 offline: synthetic batches of the real format drive the whole CIFAR path."""
+    batches = tmp_path / "data" / "cifar-10-batches-bin"
+    batches.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        records = rng.integers(0, 256, size=(40, 3073), dtype=np.uint8)
+        records[:, 0] %= 10
+        records.tofile(batches / name)
+    code, log = run("evaluate_dm", env, "--optimizer=NAG", "--learning_rate=0.01", "--problem=cifar_conv",
+                    "--num_steps=5", f"--data_dir={tmp_path / 'data'}", f"--output_path={tmp_path / 'out'}")
+    assert code == 0, log
+    assert "CIFAR-10 binary batches" in log
+    with open(tmp_path / "out" / "NAG_eval_loss_record.pickle-cifar_conv", "rb") as f:
+        losses = pickle.load(f)
+    assert len(losses) == 5 and all(0 < v < 10 for v in losses)

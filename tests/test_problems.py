@@ -283,3 +283,9 @@ def test_unknown_name_and_mode():
 def test_bad_dataset(name, dataset):
     with pytest.raises(ValueError):
         problems.get(name, dataset=dataset)
+
+
+def test_only_the_conv_problems_are_convolutional():
+    """Runners compile with XLA exactly for the problems without convolutions."""
+    convolutional = {name for name in problems.PROBLEMS if _get(name).is_convolutional}
+    assert convolutional == {"mnist_conv", "cifar_conv", "lenet", "nas"}
