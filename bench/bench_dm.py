@@ -28,7 +28,6 @@ import math  # noqa: E402
 import platform  # noqa: E402
 import time  # noqa: E402
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -202,11 +201,7 @@ class PlainTrainer:
 
     def __init__(self, problem, cell, rng, learning_rate=1e-3, unroll_length=UNROLL):
         self.problem, self.cell, self.rng, self.unroll_length = problem, cell, rng, unroll_length
-        if not cell.built:
-            cell.build()
-        self.variables = cell.trainable_variables
-        self.optimizer = keras.optimizers.Adam(learning_rate=learning_rate, epsilon=1e-8)
-        self.optimizer.build(self.variables)
+        self.variables, self.optimizer = meta.meta_optimizer(cell, learning_rate)
         self._unroll_fn = tf.function(self._unroll, reduce_retracing=True)
 
     def new_trajectory(self):

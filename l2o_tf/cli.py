@@ -76,6 +76,11 @@ def define_training_flags(evaluation_period, mt_ratios, rnnprop=False):
     define_data_flags()
 
 
+def cell_flags():
+    """The learned optimizer's config flags this entry point defines (RNNprop's --beta1, --beta2)."""
+    return {name: FLAGS[name].value for name in ("beta1", "beta2") if name in FLAGS}
+
+
 def positive(name, value):
     if value is None or value <= 0:
         raise UsageError(f"--{name} must be positive, got {value}")

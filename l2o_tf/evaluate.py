@@ -5,6 +5,7 @@ Runs one optimizer, learned (`--optimizer=L2L --path=...`) or hand-designed (Ada
 minibatch at every step, as the original evaluation does. Writes the original pickle
 `<output_path>/<optimizer>_eval_loss_record.pickle-<problem>` and an `.npz` with the losses and the run's flags.
 """
+import functools
 import json
 import os
 import time
@@ -45,22 +46,19 @@ def evaluate(problem, rule, num_steps, num_epochs, seed, on_progress=None):
     trajectory = runner.new_trajectory()
     records = []
     for epoch in range(num_epochs):
-        trajectory, losses = runner.run(trajectory, num_steps, chunk=PROGRESS_EVERY,
-                                        callback=lambda done, losses: on_progress and on_progress(epoch, done, losses))
+        callback = None if on_progress is None else functools.partial(on_progress, epoch)
+        trajectory, losses = runner.run(trajectory, num_steps, chunk=PROGRESS_EVERY, callback=callback)
         records.append(losses)
     return np.concatenate(records)
 
 
 def main(net):
     """Evaluate with the flags; `net` ("dm" or "rnnprop") is the learned optimizer `--optimizer=L2L` expects."""
-    expected_cell = {"dm": networks.CoordinateWiseDeepLSTM, "rnnprop": networks.RNNprop}[net]
-    cell_overrides = ("beta1", "beta2") if net == "rnnprop" else ()
-    positive = cli.positive
-    positive("num_steps", FLAGS.num_steps)
-    positive("num_epochs", FLAGS.num_epochs)
+    cli.positive("num_steps", FLAGS.num_steps)
+    cli.positive("num_epochs", FLAGS.num_epochs)
     seed = cli.seed_or_random(FLAGS.seed)
-    overrides = {name: FLAGS[name].value for name in cell_overrides}
-    rule = update_rule(FLAGS.optimizer, FLAGS.path, FLAGS.learning_rate, expected_cell, **overrides)
+    overrides = cli.cell_flags()
+    rule = update_rule(FLAGS.optimizer, FLAGS.path, FLAGS.learning_rate, networks.NETS[net], **overrides)
     problem = cli.make_problem(mode="test")
     logging.info("evaluating %s on %s (%d parameters) for %d x %d steps", FLAGS.optimizer, problem.name,
                  problem.num_params, FLAGS.num_epochs, FLAGS.num_steps)
@@ -83,7 +81,7 @@ def main(net):
     record = os.path.join(FLAGS.output_path, f"{FLAGS.optimizer}_eval_loss_record.pickle-{problem.name}")
     fileio.atomic_save_pickle(record, [float(v) for v in losses])
     run_flags = {name: FLAGS[name].value for name in ("optimizer", "problem", "path", "num_epochs", "num_steps",
-                                                      "learning_rate", *cell_overrides)}
+                                                      "learning_rate", *overrides)}
     run_flags["seed"] = seed
     fileio.atomic_save_npz(record + ".npz", losses=losses, flags=json.dumps(run_flags))
     print(f"Loss record: {record} (and .npz)")

@@ -7,7 +7,6 @@ teacher's steps: per unroll, sum over steps of 0.5 * ||delta_t - teacher_step_t|
 Self-improving: each optimizee step is taken by the learned optimizer or by an auxiliary optimizer drawn from a
 multinomial whose auxiliary probabilities decay linearly to zero; the meta-loss is unchanged.
 """
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -48,15 +47,13 @@ class ImitationTrainer:
 
     def __init__(self, cell, learning_rate=1e-3, unroll_length=20):
         self.cell, self.unroll_length = cell, int(unroll_length)
-        if not cell.built:
-            cell.build()
-        self.variables = cell.trainable_variables
-        self.optimizer = keras.optimizers.Adam(learning_rate=learning_rate, epsilon=1e-8)
-        self.optimizer.build(self.variables)
+        self.variables, self.optimizer = meta.meta_optimizer(cell, learning_rate)
         self._unroll = tf.function(self._train_unroll, reduce_retracing=True)
 
     def train_epoch(self, gradients, steps):
-        """One imitation epoch over a recorded trajectory: one Adam step per unroll; returns the last unroll's loss.
+        """One imitation epoch over a recorded trajectory, one Adam step per unroll (skipped when not finite).
+
+        Returns (the last unroll's loss, the number of updates applied).
 
         The state starts at zero, the evident intent; see docs/FIDELITY.md for the original's quirk."""
         num_steps, num_params = (int(n) for n in gradients.shape)
@@ -64,11 +61,12 @@ class ImitationTrainer:
             raise ValueError(f"an imitation trajectory of {num_steps} steps is shorter than one unroll "
                              f"({self.unroll_length})")
         state = self.cell.initial_state(num_params)
-        loss = float("nan")
-        for start in range(0, int(gradients.shape[0]) - self.unroll_length + 1, self.unroll_length):
+        loss, applied = float("nan"), 0
+        for start in range(0, num_steps - self.unroll_length + 1, self.unroll_length):
             window = slice(start, start + self.unroll_length)
-            state, loss = self._unroll(gradients[window], steps[window], state)
-        return float(loss)
+            state, loss, ok = self._unroll(gradients[window], steps[window], state)
+            applied += int(ok)
+        return float(loss), applied
 
     def imitation_loss(self, gradients, steps, state):
         """Sum over the unroll of 0.5 * squared step difference / number of parameters; and the final state."""
@@ -82,8 +80,8 @@ class ImitationTrainer:
     def _train_unroll(self, gradients, steps, state):
         with tf.GradientTape() as tape:
             loss, state = self.imitation_loss(gradients, steps, state)
-        meta.apply_if_finite(self.optimizer, tape.gradient(loss, self.variables), self.variables, loss)
-        return state, loss
+        applied = meta.apply_if_finite(self.optimizer, tape.gradient(loss, self.variables), self.variables, loss)
+        return state, loss, applied
 
 
 class MixtureRule:

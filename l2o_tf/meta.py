@@ -43,6 +43,15 @@ def apply_if_finite(optimizer, gradients, variables, *values):
     return tf.cond(finite, apply, lambda: tf.constant(False))
 
 
+def meta_optimizer(cell, learning_rate):
+    """(the cell's trainable variables, a built Adam for them with TF1's epsilon 1e-8; Keras defaults to 1e-7)."""
+    if not cell.built:
+        cell.build()
+    optimizer = keras.optimizers.Adam(learning_rate=learning_rate, epsilon=1e-8)
+    optimizer.build(cell.trainable_variables)
+    return cell.trainable_variables, optimizer
+
+
 def loss_and_gradient(problem, trajectory_x, constants, scale, rng):
     """f(scale * x) on a fresh minibatch, and its gradient with respect to x."""
     with tf.GradientTape() as tape:
@@ -65,11 +74,7 @@ class Trainer:
         self.rule = rule or cell
         self.unroll_length = int(unroll_length)
         self.second_derivatives = bool(second_derivatives)
-        if not cell.built:
-            cell.build()
-        self.variables = cell.trainable_variables
-        self.optimizer = keras.optimizers.Adam(learning_rate=learning_rate, epsilon=1e-8)  # TF1's epsilon
-        self.optimizer.build(self.variables)
+        self.variables, self.optimizer = meta_optimizer(cell, learning_rate)
         self._train_unroll = tf.function(self._unroll, reduce_retracing=True)
 
     def new_trajectory(self, scale_bound=0.0):

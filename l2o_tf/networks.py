@@ -13,6 +13,7 @@ restricted unpickler that can build nothing but dicts and float arrays, and are 
 original TF1 code reads. A JSON sidecar (`<file>.json`) keeps the cell's config where the pickle has no room for it.
 """
 import collections
+import io
 import json
 import os
 import pickle
@@ -255,18 +256,16 @@ class RNNprop(CoordinatewiseLSTMCell):
         return config
 
 
-CELLS = {"cw": CoordinateWiseDeepLSTM, "rp": RNNprop}
+NETS = {"dm": CoordinateWiseDeepLSTM, "rnnprop": RNNprop}  # the entry points' names for the cells
 
 
 def for_problem(net, problem_name, **kwargs):
     """The original's network config for a problem: `net` is "dm" or "rnnprop" (RNNprop ignores the problem)."""
-    if net == "rnnprop":
-        return RNNprop(**kwargs)
-    if net != "dm":
-        raise ValueError(f"unknown network {net!r}: expected 'dm' or 'rnnprop'")
-    if problem_name == "quadratic":
-        return CoordinateWiseDeepLSTM(preprocess="identity", scale=1.0, **kwargs)
-    return CoordinateWiseDeepLSTM(**kwargs)
+    if net not in NETS:
+        raise ValueError(f"unknown network {net!r}: expected one of {', '.join(NETS)}")
+    if net == "dm" and problem_name == "quadratic":
+        kwargs = {"preprocess": "identity", "scale": 1.0, **kwargs}
+    return NETS[net](**kwargs)
 
 
 # -- files ------------------------------------------------------------------------------------------------------
@@ -293,19 +292,16 @@ def load(path, **overrides):
     """
     weights = read_weights(path)
     sidecar = path + ".json"
-    if os.path.exists(sidecar):
-        try:
+    try:
+        if os.path.exists(sidecar):
             with open(sidecar, encoding="utf-8") as f:
                 spec = json.load(f)
-            cls = {c.__name__: c for c in CELLS.values()}[spec["class_name"]]
-            config = {k: v for k, v in spec["config"].items()
-                      if k in ("scale", "hidden_sizes", "preprocess", "k", "beta1", "beta2", "projection_size")}
-        except (ValueError, KeyError, TypeError) as e:
-            raise WeightsFileError(f"{sidecar}: not a valid l2o-tf config sidecar ({e!r})") from None
-    else:
-        cls, config = _infer_cell(path, weights)
-    config.update(overrides)
-    cell = cls(**config)
+            cls, config = {c.__name__: c for c in NETS.values()}[spec["class_name"]], spec["config"]
+        else:
+            cls, config = _infer_cell(path, weights)
+        cell = cls.from_config({**config, **overrides})
+    except (ValueError, KeyError, TypeError) as e:
+        raise WeightsFileError(f"{sidecar}: not a valid l2o-tf config sidecar ({e!r})") from None
     try:
         cell.set_original_weights(weights)
     except ValueError as e:
@@ -393,7 +389,6 @@ class _WeightsPickler(pickle.Pickler):
 
 
 def _dump_weights(weights):
-    import io
     buffer = io.BytesIO()
     _WeightsPickler(buffer, protocol=3).dump({m: dict(v) for m, v in weights.items()})
     return buffer.getvalue()

@@ -94,29 +94,35 @@ class MetaTraining:
         return ratios[min(self.curriculum.stage, len(ratios) - 1)]
 
     def train_epoch(self):
-        """One epoch; returns (kind, last loss, number of meta-updates applied)."""
+        """One epoch, training or imitation; returns its history record (kind, last loss, updates applied)."""
         unrolls = self.num_unrolls(self.curriculum.train_steps)
         if self.choices.random() < self.imitation_ratio():
             task = self.imitation_task
             self.imitation_task = (task + 1) % len(self.teachers)
             scale = FLAGS.rd_scale_bound if FLAGS.if_scale else 0.0
             gradients, steps = self.teachers[task].trajectory(unrolls * FLAGS.unroll_length, scale)
-            loss = self.imitators[task].train_epoch(gradients, steps)
-            return f"imitation[{self.teachers[task].rule.name}]", loss, unrolls
-        if self.mixture is not None:
-            self.mixture.set_auxiliary_probability(imitation.auxiliary_probability(
-                self.epoch, len(self.mixture.auxiliaries), FLAGS.auxiliary_decay_epochs))
-        trajectory = self.trainer.new_trajectory(FLAGS.rd_scale_bound if FLAGS.if_scale else 0.0)
-        loss, applied = float("nan"), 0
-        for _ in range(unrolls):
-            trajectory, _, loss, ok = self.trainer.train_unroll(trajectory)
-            if not ok:
-                self.skipped_updates += 1
-                logging.warning("epoch %d: non-finite meta-gradient or loss; update skipped, optimizee reset "
-                                "(%d skipped so far)", self.epoch + 1, self.skipped_updates)
-                break
-            applied += 1
-        return "train", loss, applied
+            loss, applied = self.imitators[task].train_epoch(gradients, steps)
+            record = {"kind": f"imitation[{self.teachers[task].rule.name}]", "loss": loss, "applied": applied}
+        else:
+            record = {"kind": "train"}
+            if self.mixture is not None:
+                p = imitation.auxiliary_probability(self.epoch, len(self.mixture.auxiliaries),
+                                                    FLAGS.auxiliary_decay_epochs)
+                self.mixture.set_auxiliary_probability(p)
+                record["auxiliary_probability"] = p
+            trajectory = self.trainer.new_trajectory(FLAGS.rd_scale_bound if FLAGS.if_scale else 0.0)
+            loss, applied = float("nan"), 0
+            for _ in range(unrolls):
+                trajectory, _, loss, ok = self.trainer.train_unroll(trajectory)
+                if not ok:
+                    break  # the optimizee diverged: a fresh one next epoch
+                applied += 1
+            record.update(loss=loss, applied=applied)
+        if record["applied"] < unrolls:
+            self.skipped_updates += 1
+            logging.warning("epoch %d (%s): non-finite meta-gradient or loss; update skipped (%d skipped so far)",
+                            self.epoch + 1, record["kind"], self.skipped_updates)
+        return record
 
     def validate(self, steps):
         """Sum over --evaluation_epochs fresh unscaled trajectories of the loss after `steps` steps."""
@@ -178,18 +184,19 @@ class MetaTraining:
         epoch_times, failed_epochs = [], 0
         while self.epoch < FLAGS.num_epochs and not self.finished:
             start = time.time()
-            kind, loss, applied = self.train_epoch()
+            record = self.train_epoch()
             self.epoch += 1
             epoch_times.append(time.time() - start)
-            failed_epochs = failed_epochs + 1 if applied == 0 else 0
+            failed_epochs = failed_epochs + 1 if record["applied"] == 0 else 0
             if failed_epochs >= MAX_FAILED_EPOCHS:
                 self.checkpoint()
                 raise TrainingDiverged(f"{failed_epochs} epochs in a row had only non-finite meta-gradients: training "
                                    f"diverged; try a lower --learning_rate (checkpoint kept in {self.save_path})")
-            self.history.append({"epoch": self.epoch, "kind": kind, "loss": loss, "train_steps": cl.train_steps})
+            self.history.append({"epoch": self.epoch, **record, "train_steps": cl.train_steps})
             if time.time() - last_log > 10 or self.epoch == 1:
                 logging.info("epoch %d/%d  %s loss %.4f  stage %d (%d steps)  %.2f s/epoch", self.epoch,
-                             FLAGS.num_epochs, kind, loss, cl.stage, cl.train_steps, np.mean(epoch_times[-50:]))
+                             FLAGS.num_epochs, record["kind"], record["loss"], cl.stage, cl.train_steps,
+                             np.mean(epoch_times[-50:]))
                 last_log = time.time()
             if self.epoch % FLAGS.evaluation_period == 0:
                 self.evaluate()
@@ -265,7 +272,7 @@ def check_flags():
 
 def main(net):
     check_flags()
-    cell_kwargs = {name: FLAGS[name].value for name in ("beta1", "beta2") if name in FLAGS}
+    cell_kwargs = cli.cell_flags()
     problem = cli.make_problem(mode="train")
     checkpoint = os.path.join(FLAGS.save_path, CHECKPOINT) if FLAGS.save_path else None
     saved = read_checkpoint(checkpoint) if checkpoint and os.path.exists(checkpoint) else None

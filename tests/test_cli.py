@@ -158,11 +158,13 @@ def test_imitation_and_self_improving_modes_train(tmp_path, env, module):
         code, log = run(module, env, f"--save_path={save}", "--problem=quadratic", "--num_steps=20",
                         "--num_epochs=2", "--evaluation_period=2", "--evaluation_epochs=1", "--seed=0", *mode)
         assert code == 0, log
-        kinds = [h["kind"] for h in history(str(save))]
+        epochs = [h for h in history(str(save)) if h["kind"] != "validation"]
+        assert all(h["applied"] == 1 for h in epochs)  # one unroll of 20 steps, one meta-update each
         if mode[0] == "--if_mt":
-            assert kinds[:2] == ["imitation[rmsprop]", "imitation[nag]"]
-        else:
-            assert kinds[:2] == ["train", "train"]
+            assert [h["kind"] for h in epochs] == ["imitation[rmsprop]", "imitation[nag]"]
+        else:  # the auxiliaries' probability decays from 1/(k+1) to 0 over --auxiliary_decay_epochs=2
+            assert [h["kind"] for h in epochs] == ["train", "train"]
+            assert [h["auxiliary_probability"] for h in epochs] == [0.25, 0.125]
 
 
 def test_imported_original_dm_cl_il_learns_mnist(tmp_path, env):

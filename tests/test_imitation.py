@@ -149,7 +149,8 @@ def test_train_epoch_lowers_the_imitation_loss_with_its_own_adam(quadratic):
     trainer = imitation.ImitationTrainer(cell, learning_rate=1e-3, unroll_length=10)
     assert trainer.optimizer is not main.optimizer and trainer.variables == main.variables
     before = total_imitation_loss(trainer, gradients, steps)
-    losses = [trainer.train_epoch(gradients, steps) for _ in range(8)]
+    losses, applied = zip(*[trainer.train_epoch(gradients, steps) for _ in range(8)])
+    assert set(applied) == {int(gradients.shape[0]) // trainer.unroll_length}
     after = total_imitation_loss(trainer, gradients, steps)
     assert np.all(np.isfinite(losses))
     assert after < 0.3 * before  # ~0.006x in practice
@@ -159,12 +160,28 @@ def test_train_epoch_lowers_the_imitation_loss_with_its_own_adam(quadratic):
         np.testing.assert_array_equal(slot.numpy(), old)
 
 
+def test_a_non_finite_imitation_update_is_skipped_and_counted(quadratic):
+    """A NaN in the teacher's record must not reach the weights or the IL Adam; the epoch reports it."""
+    gradients, steps = imitation.Teacher(quadratic, optimizers.Adam(0.01), generator(42)).trajectory(20)
+    steps = tf.tensor_scatter_nd_update(steps, [[12, 0]], [float("nan")])  # poisons the second unroll only
+    cell = networks.for_problem("dm", "quadratic", seed=3)
+    trainer = imitation.ImitationTrainer(cell, learning_rate=1e-3, unroll_length=10)
+    trainer.train_epoch(gradients[:10], steps[:10])
+    weights = [v.numpy().copy() for v in trainer.variables]
+    loss, applied = trainer.train_epoch(gradients, steps)
+    assert applied == 1 and not np.isfinite(loss)
+    assert int(trainer.optimizer.iterations) == 2  # the first epoch's step and this epoch's first unroll
+    assert any(not np.array_equal(w, v.numpy()) for w, v in zip(weights, trainer.variables))
+    assert all(np.all(np.isfinite(v.numpy())) for v in trainer.variables)
+
+
 def test_train_epoch_carries_the_state_and_returns_the_last_unroll(quadratic):
     """With a zero learning rate the weights stay: the returned loss is window 2's from window 1's final state."""
     gradients, steps = imitation.Teacher(quadratic, optimizers.Adam(0.01), generator(41)).trajectory(25)
     cell = networks.for_problem("dm", "quadratic", seed=9)
     trainer = imitation.ImitationTrainer(cell, learning_rate=0.0, unroll_length=10)
-    returned = trainer.train_epoch(gradients, steps)  # 25 steps: two windows of 10, the last 5 unused
+    returned, applied = trainer.train_epoch(gradients, steps)  # 25 steps: two windows of 10, the last 5 unused
+    assert applied == 2
     assert int(trainer.optimizer.iterations) == 2
     zero = cell.initial_state(quadratic.num_params)
     _, state = trainer.imitation_loss(gradients[0:10], steps[0:10], zero)

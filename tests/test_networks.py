@@ -192,10 +192,13 @@ def test_bad_files_give_clear_errors(tmp_path):
     cell = networks.CoordinateWiseDeepLSTM(seed=0)
     cell.build()
     good = networks.save(cell, str(tmp_path), index=2)
-    os.remove(good + ".json")
     truncated.write_bytes(open(good, "rb").read()[:500])
     with pytest.raises(networks.WeightsFileError, match="corrupt|truncated"):
         networks.load(str(truncated))
+    with open(good + ".json", "w") as f:
+        f.write('{"class_name": "Lion", "config": {}}')
+    with pytest.raises(networks.WeightsFileError, match="not a valid l2o-tf config sidecar"):
+        networks.load(good)
     weights = cell.get_original_weights()
     weights["lstm_2"]["w_gates"] = weights["lstm_2"]["w_gates"][:30]
     wrong = tmp_path / "cw.l2l-3"
