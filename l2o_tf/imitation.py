@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from l2o_tf import meta
+from l2o_tf import rules
 
 
 class Teacher:
@@ -21,32 +22,37 @@ class Teacher:
         self._record = tf.function(self._record_loop, reduce_retracing=True)
 
     def trajectory(self, num_steps, scale_bound=0.0):
-        """(gradients, steps), each [num_steps, num_params]: the gradient the teacher saw at each recorded step and
-        the displacement of its next `k` steps (the first of which uses that gradient)."""
+        """(gradients, steps), each [num_steps, num_params] (all coordinates in problem order): the gradient the
+        teacher saw at each recorded step and the displacement of its next `k` steps (the first uses that gradient)."""
         trajectory = meta.new_trajectory(self.problem, self.rule, self.rng, scale_bound)
         return self._record(trajectory, tf.constant(int(num_steps)))
 
     def _record_loop(self, trajectory, num_steps):
-        x, state, constants, scale = trajectory
+        params, state, constants, scale = trajectory
+        params = list(params)
         gradients = tf.TensorArray(tf.float32, size=num_steps)
         steps = tf.TensorArray(tf.float32, size=num_steps)
         for i in tf.range(num_steps):
-            start = x
+            start = params
             for j in range(self.k):
-                _, gradient = meta.loss_and_gradient(self.problem, x, constants, scale, self.rng)
+                loss, gradient = meta.loss_and_gradient(self.problem, params, constants, scale, self.rng)
                 if j == 0:
-                    gradients = gradients.write(i, gradient)
-                delta, state = self.rule.step(gradient, state)
-                x = x + delta
-            steps = steps.write(i, x - start)
+                    gradients = gradients.write(i, rules.flatten(gradient))
+                deltas, state = self.rule.step(gradient, state, loss)
+                params = meta.add(params, deltas)
+            steps = steps.write(i, rules.flatten(params) - rules.flatten(start))
         return gradients.stack(), steps.stack()
 
 
 class ImitationTrainer:
-    """Trains a learned optimizer to imitate recorded teacher steps, with a meta-Adam of its own."""
+    """Trains a learned optimizer to imitate recorded teacher steps, with a meta-Adam of its own.
 
-    def __init__(self, cell, learning_rate=1e-3, unroll_length=20):
+    The recordings are flat (all coordinates in problem order); `param_shapes` splits them back into the tensors the
+    rule steps on (None: one flat tensor, enough for a coordinate-wise rule)."""
+
+    def __init__(self, cell, learning_rate=1e-3, unroll_length=20, param_shapes=None):
         self.cell, self.unroll_length = cell, int(unroll_length)
+        self.param_shapes = None if param_shapes is None else [tuple(s) for s in param_shapes]
         self.variables, self.optimizer = meta.meta_optimizer(cell, learning_rate)
         self._unroll = tf.function(self._train_unroll, reduce_retracing=True)
 
@@ -60,7 +66,7 @@ class ImitationTrainer:
         if num_steps < self.unroll_length:
             raise ValueError(f"an imitation trajectory of {num_steps} steps is shorter than one unroll "
                              f"({self.unroll_length})")
-        state = self.cell.initial_state(num_params)
+        state = self.cell.initial_state(self._split(tf.zeros([num_params])))
         loss, applied = float("nan"), 0
         for start in range(0, num_steps - self.unroll_length + 1, self.unroll_length):
             window = slice(start, start + self.unroll_length)
@@ -73,9 +79,12 @@ class ImitationTrainer:
         num_params = tf.cast(tf.shape(gradients)[1], tf.float32)
         loss = 0.0
         for t in range(self.unroll_length):
-            delta, state = self.cell.step(gradients[t], state)
-            loss += 0.5 * tf.reduce_sum(tf.square(steps[t] - delta)) / num_params
+            deltas, state = self.cell.step(self._split(gradients[t]), state)
+            loss += 0.5 * tf.reduce_sum(tf.square(steps[t] - rules.flatten(deltas))) / num_params
         return loss, state
+
+    def _split(self, flat):
+        return [flat] if self.param_shapes is None else rules.unflatten(flat, self.param_shapes)
 
     def _train_unroll(self, gradients, steps, state):
         with tf.GradientTape() as tape:
@@ -84,7 +93,7 @@ class ImitationTrainer:
         return state, loss, applied
 
 
-class MixtureRule:
+class MixtureRule(rules.UpdateRule):
     """Self-improving: each step applies the learned optimizer's update or one auxiliary's, drawn from a multinomial.
 
     Every optimizer sees every gradient and keeps its own state; only the drawn one's update moves the optimizee,
@@ -103,21 +112,28 @@ class MixtureRule:
             raise ValueError(f"auxiliary probability {p} is out of range for {k} auxiliaries")
         self.probabilities.assign([1.0 - k * p] + [p] * k)
 
-    def initial_state(self, num_coordinates):
-        return (self.learned.initial_state(num_coordinates),
-                tuple(tuple(a.initial_state(num_coordinates)) for a in self.auxiliaries))
+    def initial_state(self, params):
+        return (self.learned.initial_state(params), tuple(a.initial_state(params) for a in self.auxiliaries))
 
-    def step(self, gradient, state):
+    def step(self, gradients, state, loss=None):
         learned_state, auxiliary_states = state
-        delta, learned_state = self.learned.step(gradient, learned_state)
-        deltas, new_auxiliary_states = [delta], []
+        proposals, new_auxiliary_states = [], []
+        deltas, learned_state = self.learned.step(gradients, learned_state, loss)
+        proposals.append(deltas)
         for auxiliary, auxiliary_state in zip(self.auxiliaries, auxiliary_states):
-            auxiliary_delta, auxiliary_state = auxiliary.step(gradient, auxiliary_state)
-            deltas.append(auxiliary_delta)
-            new_auxiliary_states.append(tuple(auxiliary_state))
+            deltas, auxiliary_state = auxiliary.step(gradients, auxiliary_state, loss)
+            proposals.append(deltas)
+            new_auxiliary_states.append(auxiliary_state)
         thresholds = tf.cumsum(self.probabilities)[:-1]
         choice = tf.reduce_sum(tf.cast(self.rng.uniform([]) >= thresholds, tf.int32))
-        return tf.gather(tf.stack(deltas), choice), (learned_state, tuple(new_auxiliary_states))
+        return select(proposals, choice), (learned_state, tuple(new_auxiliary_states))
+
+
+def select(proposals, choice):
+    """The `choice`-th of several update proposals (each a tensor or a list of tensors), chosen in-graph."""
+    if isinstance(proposals[0], (list, tuple)):
+        return [tf.gather(tf.stack(pieces), choice) for pieces in zip(*proposals)]
+    return tf.gather(tf.stack(proposals), choice)
 
 
 def auxiliary_probability(epoch, num_auxiliaries, decay_epochs):

@@ -1,24 +1,16 @@
-"""Use any update rule (a learned optimizer or a baseline) on a Keras model's variables.
+"""Use any update rule (a learned optimizer or a baseline) on a Keras model's variables, in a loop of your own.
 
-The rules are coordinate-wise and work on one flat vector, so the variables' gradients are flattened, stepped
-together, and the update is split back onto the variables.
+(`l2o_tf.LearnedOptimizer` is the `model.fit` way; this is the few-lines way for a custom training loop.)
 """
 import tensorflow as tf
 
 
-def apply_update(rule, gradients, variables, state):
+def apply_update(rule, gradients, variables, state, loss=None):
     """Add `rule`'s update for `gradients` to `variables`; returns the rule's new state.
 
-    Start with `state = rule.initial_state(num_coordinates(variables))`; call inside a `tf.function` for speed.
+    Start with `state = rule.initial_state(variables)`; call inside a `tf.function` for speed.
     """
-    flat = tf.concat([tf.reshape(tf.convert_to_tensor(g), [-1]) for g in gradients], axis=0)
-    delta, state = rule.step(flat, state)
-    sizes = [int(tf.size(v)) for v in variables]
-    for variable, piece in zip(variables, tf.split(delta, sizes)):
-        variable.assign_add(tf.reshape(piece, variable.shape))
+    deltas, state = rule.step([tf.convert_to_tensor(g) for g in gradients], state, loss)
+    for variable, delta in zip(variables, deltas):
+        variable.assign_add(delta)
     return state
-
-
-def num_coordinates(variables):
-    """Number of scalars in `variables`: the size of the rule's state."""
-    return sum(int(tf.size(v)) for v in variables)

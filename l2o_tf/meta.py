@@ -1,8 +1,9 @@
 """Compiled optimizee trajectories: meta-training unrolls and plain runs, for any update rule.
 
-A trajectory is one optimizee being optimised: its flat parameters `x`, the update rule's state, the problem's
-per-trajectory constants and the random-scaling vector (the optimizee sees `f(scale * x)`). Every function here
-runs a whole unroll or run inside one `tf.function`; Python only loops over unrolls.
+A trajectory is one optimizee being optimised: its parameters (a list of tensors in problem order), the update
+rule's state, the problem's per-trajectory constants and the random-scaling factors (one tensor per parameter; the
+optimizee sees `f(scale * params)`). Every function here runs a whole unroll or run inside one `tf.function`;
+Python only loops over unrolls. Any rule of the shared protocol (`l2o_tf.rules`) can take the steps.
 
 Meta-gradient (the original, SPEC_DM §4.1): meta-loss = f_0 + ... + f_T over an unroll of T steps, the optimizee
 gradient g_t under stop_gradient unless `second_derivatives`. Then d f_t / d theta = g_t . d x_t / d theta exactly,
@@ -16,17 +17,31 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-Trajectory = collections.namedtuple("Trajectory", ["x", "state", "constants", "scale"])
+from l2o_tf import rules
+
+Trajectory = collections.namedtuple("Trajectory", ["params", "state", "constants", "scale"])
 
 
 def new_trajectory(problem, rule, rng, scale_bound=0.0):
-    """A fresh optimizee and the rule's initial state; with `scale_bound` > 0, random scaling exp(U(-b, b))."""
-    x = problem.init_flat(rng)
-    scale = tf.ones_like(x)
+    """A fresh optimizee and the rule's initial state; with `scale_bound` > 0, random scaling exp(U(-b, b)).
+
+    The scaling factors are drawn as one vector over all coordinates (in problem order), then split per tensor."""
+    params = problem.init_params(rng)
     if scale_bound > 0:
-        scale = tf.exp(rng.uniform(tf.shape(x), -scale_bound, scale_bound))
-        x = x / scale
-    return Trajectory(x, tuple(rule.initial_state(problem.num_params)), tuple(problem.init_constants(rng)), scale)
+        flat_scale = tf.exp(rng.uniform([problem.num_params], -scale_bound, scale_bound))
+        scale = rules.unflatten(flat_scale, problem.param_shapes)
+        params = [p / s for p, s in zip(params, scale)]
+    else:
+        scale = [tf.ones(shape) for shape in problem.param_shapes]
+    return Trajectory(params, rule.initial_state(params), tuple(problem.init_constants(rng)), scale)
+
+
+def scaled(params, scale):
+    return [s * p for s, p in zip(scale, params)]
+
+
+def add(params, deltas):
+    return [p + d for p, d in zip(params, deltas)]
 
 
 def apply_if_finite(optimizer, gradients, variables, *values):
@@ -52,16 +67,16 @@ def meta_optimizer(cell, learning_rate):
     return cell.trainable_variables, optimizer
 
 
-def loss_and_gradient(problem, trajectory_x, constants, scale, rng):
-    """f(scale * x) on a fresh minibatch, and its gradient with respect to x."""
+def loss_and_gradient(problem, params, constants, scale, rng):
+    """f(scale * params) on a fresh minibatch, and its gradients with respect to params (a list)."""
     with tf.GradientTape() as tape:
-        tape.watch(trajectory_x)
-        loss = problem.flat_loss(scale * trajectory_x, constants, rng)
-    return loss, tape.gradient(loss, trajectory_x)
+        tape.watch(params)
+        loss = problem.loss(scaled(params, scale), constants, rng)
+    return loss, tape.gradient(loss, params)
 
 
 class Trainer:
-    """Meta-trains a learned optimizer (a `CoordinatewiseLSTMCell`) on one problem by truncated BPTT.
+    """Meta-trains a learned optimizer (any Keras layer of the rule protocol) on one problem by truncated BPTT.
 
     `train_unroll` is the original's `[cost_op, update, meta_step]`: T steps from the trajectory, one meta-Adam step
     on the summed losses (skipped when the meta-gradient is not finite), and the trajectory carried on. `rule`, when
@@ -82,8 +97,9 @@ class Trainer:
 
     def train_unroll(self, trajectory):
         """One meta-iteration. Returns (trajectory, meta_loss, final_loss, applied) as Python values."""
-        x, state, meta_loss, final_loss, applied = self._train_unroll(trajectory)
-        return (trajectory._replace(x=x, state=state), float(meta_loss), float(final_loss), bool(applied))
+        params, state, meta_loss, final_loss, applied = self._train_unroll(trajectory)
+        return (trajectory._replace(params=params, state=state), float(meta_loss), float(final_loss),
+                bool(applied))
 
     def meta_gradient(self, trajectory):
         """(meta_loss, gradients) of one unroll, without applying them; for tests and tools."""
@@ -92,31 +108,33 @@ class Trainer:
         return meta_loss, tape.gradient(objective, self.variables)
 
     def _forward(self, trajectory, tape):
-        """The unroll: (meta_loss, final loss, x_T, state_T, the objective whose tape gradient is the meta-gradient)."""
+        """The unroll: (meta_loss, final loss, params_T, state_T, the objective whose tape gradient is the
+        meta-gradient)."""
         problem, rng = self.problem, self.rng
-        x, state, constants, scale = trajectory
+        params, state, constants, scale = trajectory
+        params = list(params)
         losses, surrogate = [], 0.0
         for _ in range(self.unroll_length + 1):
             if self.second_derivatives:
-                loss, gradient = loss_and_gradient(problem, x, constants, scale, rng)
+                loss, gradients = loss_and_gradient(problem, params, constants, scale, rng)
             else:
                 with tape.stop_recording():
-                    loss, gradient = loss_and_gradient(problem, x, constants, scale, rng)
-                    gradient = tf.stop_gradient(gradient)
-                surrogate += tf.reduce_sum(gradient * x)
+                    loss, gradients = loss_and_gradient(problem, params, constants, scale, rng)
+                    gradients = [tf.stop_gradient(g) for g in gradients]
+                surrogate += tf.add_n([tf.reduce_sum(g * p) for g, p in zip(gradients, params)])
             losses.append(loss)
             if len(losses) <= self.unroll_length:
-                delta, state = self.rule.step(gradient, state)
-                x = x + delta
+                deltas, state = self.rule.step(gradients, state, loss)
+                params = add(params, deltas)
         meta_loss = tf.add_n(losses)
-        return meta_loss, losses[-1], x, state, meta_loss if self.second_derivatives else surrogate
+        return meta_loss, losses[-1], params, state, meta_loss if self.second_derivatives else surrogate
 
     def _unroll(self, trajectory):
         with tf.GradientTape() as tape:
-            meta_loss, final_loss, x, state, objective = self._forward(trajectory, tape)
+            meta_loss, final_loss, params, state, objective = self._forward(trajectory, tape)
         gradients = tape.gradient(objective, self.variables)
         applied = apply_if_finite(self.optimizer, gradients, self.variables, meta_loss)
-        return x, state, meta_loss, final_loss, applied
+        return params, state, meta_loss, final_loss, applied
 
 
 class Runner:
@@ -143,8 +161,8 @@ class Runner:
         pieces, done = [], 0
         while done < num_steps:
             size = min(chunk, num_steps - done)
-            x, state, losses = self._run(trajectory, tf.constant(size))
-            trajectory = trajectory._replace(x=x, state=state)
+            params, state, losses = self._run(trajectory, tf.constant(size))
+            trajectory = trajectory._replace(params=params, state=state)
             pieces.append(losses.numpy())
             done += size
             if callback is not None:
@@ -155,21 +173,23 @@ class Runner:
         """f(x_N) on a fresh minibatch after `num_steps` steps: the original's in-training validation value."""
         return float(self._final(trajectory, tf.constant(int(num_steps))))
 
-    def _step(self, x, state, constants, scale):
-        _, gradient = loss_and_gradient(self.problem, x, constants, scale, self.rng)
-        delta, state = self.rule.step(gradient, state)
-        return x + delta, state
+    def _step(self, params, state, constants, scale):
+        loss, gradients = loss_and_gradient(self.problem, params, constants, scale, self.rng)
+        deltas, state = self.rule.step(gradients, state, loss)
+        return add(params, deltas), state
 
     def _loop(self, trajectory, num_steps):
-        x, state, constants, scale = trajectory
+        params, state, constants, scale = trajectory
+        params = list(params)
         losses = tf.TensorArray(tf.float32, size=num_steps)
         for i in tf.range(num_steps):
-            x, state = self._step(x, state, constants, scale)
-            losses = losses.write(i, self.problem.flat_loss(scale * x, constants, self.rng))
-        return x, state, losses.stack()
+            params, state = self._step(params, state, constants, scale)
+            losses = losses.write(i, self.problem.loss(scaled(params, scale), constants, self.rng))
+        return params, state, losses.stack()
 
     def _final_loss_loop(self, trajectory, num_steps):
-        x, state, constants, scale = trajectory
+        params, state, constants, scale = trajectory
+        params = list(params)
         for _ in tf.range(num_steps):
-            x, state = self._step(x, state, constants, scale)
-        return self.problem.flat_loss(scale * x, constants, self.rng)
+            params, state = self._step(params, state, constants, scale)
+        return self.problem.loss(scaled(params, scale), constants, self.rng)

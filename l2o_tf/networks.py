@@ -12,18 +12,16 @@ Files: the original pickles (`cw.l2l-N`, `rp.l2l-N`: a dict module -> variable -
 restricted unpickler that can build nothing but dicts and float arrays, and are written back in a layout the
 original TF1 code reads. A JSON sidecar (`<file>.json`) keeps the cell's config where the pickle has no room for it.
 """
-import collections
-import io
 import json
 import os
-import pickle
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from l2o_tf import errors
 from l2o_tf import fileio
+from l2o_tf import original_pickle
+from l2o_tf import rules
 
 FORGET_BIAS = 1.0
 HIDDEN_SIZES = (20, 20)
@@ -54,7 +52,7 @@ def _dense(x, module):
     return tf.matmul(module["w"], x, transpose_a=True) + module["b"][:, None]
 
 
-class CoordinatewiseLSTMCell(keras.layers.Layer):
+class CoordinatewiseLSTMCell(keras.layers.Layer, rules.CoordinatewiseRule):
     """Features -> 2 Sonnet LSTMs -> linear -> scaled additive update, shared by every coordinate.
 
     Subclasses say how the gradient becomes features (`_features`, with any extra per-coordinate state they keep)
@@ -107,16 +105,19 @@ class CoordinatewiseLSTMCell(keras.layers.Layer):
         config.update(scale=self.scale, hidden_sizes=list(self.hidden_sizes), seed=self.seed)
         return config
 
-    # -- 1-D optimizer API --------------------------------------------------------------------------------------
-    def initial_state(self, num_coordinates):
+    # -- update-rule protocol (l2o_tf.rules), on the flat vector of all coordinates ------------------------------
+    def flat_initial_state(self, num_coordinates):
         """Zero state for `num_coordinates` scalar parameters (the original's initial state), feature-major."""
         return tuple(tf.zeros([size, num_coordinates]) for size in self.state_size)
 
-    def step(self, gradient, state):
+    def flat_step(self, gradient, state):
         """Update for a 1-D gradient: returns (delta to add to the parameters, new state)."""
         self._ensure_built()
         delta, state = self._step(tf.reshape(gradient, [1, -1]), list(state))
         return tf.reshape(delta, [-1]), tuple(state)
+
+    def state_coordinates(self, state):
+        return state[0].shape[-1]
 
     def _step(self, gradient, states):
         """The update, feature-major: `gradient` [1, n], `states` [size, n] each."""
@@ -270,14 +271,13 @@ def for_problem(net, problem_name, **kwargs):
 
 # -- files ------------------------------------------------------------------------------------------------------
 
-class WeightsFileError(errors.L2OError, ValueError):
-    """A weights file that is missing, corrupt, unsafe, or not the weights of a known learned optimizer."""
+WeightsFileError = original_pickle.WeightsFileError
 
 
 def save(cell, save_path, index=0):
     """Write `<save_path>/<key>.l2l-<index>` (the original's layout) and its `.json` config sidecar; atomic."""
     path = os.path.join(save_path, f"{cell.key}.l2l-{index}")
-    fileio.atomic_write_bytes(path, _dump_weights(cell.get_original_weights()))
+    fileio.atomic_write_bytes(path, original_pickle.dumps(cell.get_original_weights()))
     config = {"class_name": type(cell).__name__, "config": cell.get_config()}
     fileio.atomic_write_bytes(path + ".json", json.dumps(config, indent=2).encode())
     return path
@@ -290,7 +290,7 @@ def load(path, **overrides):
     variables (input_projection -> RNNprop; lstm_1 input of 2 -> DM with LogAndSign; of 1 -> DM identity, scale 1).
     `overrides` replace config entries (e.g. `beta1=0.9`).
     """
-    weights = read_weights(path)
+    weights = original_pickle.read(path)
     sidecar = path + ".json"
     try:
         if os.path.exists(sidecar):
@@ -309,25 +309,6 @@ def load(path, **overrides):
     return cell
 
 
-def read_weights(path):
-    """The dict module -> variable -> float32 array of a weights pickle, read without running arbitrary code."""
-    try:
-        with open(path, "rb") as f:
-            weights = fileio.RestrictedUnpickler(f, _WEIGHTS_GLOBALS, what="a weights file").load()
-    except FileNotFoundError:
-        raise WeightsFileError(f"{path}: no such weights file") from None
-    except IsADirectoryError:
-        raise WeightsFileError(f"{path} is a directory: pass the file itself, e.g. {path}/cw.l2l-0") from None
-    except pickle.UnpicklingError as e:
-        raise WeightsFileError(f"{path}: refused or corrupt pickle: {e}") from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError) as e:
-        raise WeightsFileError(f"{path}: corrupt or truncated weights pickle ({type(e).__name__}: {e})") from None
-    if not isinstance(weights, dict) or not all(
-            isinstance(v, dict) and all(isinstance(a, np.ndarray) for a in v.values()) for v in weights.values()):
-        raise WeightsFileError(f"{path}: expected a dict of module -> variable -> array")
-    return {m: {n: np.asarray(a, np.float32) for n, a in v.items()} for m, v in weights.items()}
-
-
 def _infer_cell(path, weights):
     if "input_projection" in weights:
         return RNNprop, {}
@@ -344,51 +325,3 @@ def _infer_cell(path, weights):
 
 def _describe(shapes):
     return ", ".join(f"{m}/{n}{list(s)}" for (m, n), s in sorted(shapes.items()))
-
-
-class _DillModule:
-    """Stands in for the numpy module that dill's pickles import only to fetch `_reconstruct`."""
-
-
-def _dill_load_type(name):
-    if name != "dict":
-        raise pickle.UnpicklingError(f"type {name!r} is not allowed in a weights file")
-    return dict
-
-
-def _dill_import_module(name):
-    if name not in ("numpy.core._multiarray_umath", "numpy._core._multiarray_umath", "numpy.core.multiarray"):
-        raise pickle.UnpicklingError(f"module {name!r} is not allowed in a weights file")
-    return _DillModule()
-
-
-def _dill_get_attr(module, name):
-    if not isinstance(module, _DillModule) or name != "_reconstruct":
-        raise pickle.UnpicklingError(f"attribute {name!r} is not allowed in a weights file")
-    return fileio.NUMPY_GLOBALS[("numpy._core.multiarray", "_reconstruct")]
-
-
-_WEIGHTS_GLOBALS = {
-    **fileio.NUMPY_GLOBALS,
-    ("collections", "defaultdict"): collections.defaultdict,
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("dill._dill", "_load_type"): _dill_load_type,
-    ("dill._dill", "_import_module"): _dill_import_module,
-    ("dill._dill", "_get_attr"): _dill_get_attr,
-}
-
-
-class _WeightsPickler(pickle.Pickler):
-    """Pickles arrays as `numpy.ndarray(shape, dtype, buffer)`, a form every numpy version reads."""
-
-    def reducer_override(self, obj):
-        if isinstance(obj, np.ndarray):
-            array = np.ascontiguousarray(obj, dtype=np.float32)
-            return np.ndarray, (array.shape, array.dtype, array.tobytes())
-        return NotImplemented
-
-
-def _dump_weights(weights):
-    buffer = io.BytesIO()
-    _WeightsPickler(buffer, protocol=3).dump({m: dict(v) for m, v in weights.items()})
-    return buffer.getvalue()

@@ -1,4 +1,4 @@
-"""Hand-designed optimizers with TF1 semantics, behind the learned optimizers' `initial_state` / `step` interface.
+"""Hand-designed optimizers with TF1 semantics, as update rules of the shared protocol (`l2o_tf.rules`).
 
 One update rule object serves the evaluation baselines, the imitation-learning teachers and the self-improving
 auxiliaries, so each rule is written once. The formulas are TF1's (the original ran `tf.train.*Optimizer`), which
@@ -7,33 +7,34 @@ root, Adagrad's accumulator starts at 0.1 with no epsilon.
 """
 import tensorflow as tf
 
+from l2o_tf import rules
 
-class UpdateRule:
-    """A coordinate-wise optimizer on a flat parameter vector: `delta, state = step(gradient, state)`."""
 
-    name = None
+class Baseline(rules.CoordinatewiseRule):
+    """A hand-designed coordinate-wise optimizer with a learning rate; its state is flat vectors (or nothing)."""
 
     def __init__(self, learning_rate):
         self.learning_rate = float(learning_rate)
 
-    def initial_state(self, num_coordinates):
+    def flat_initial_state(self, num_coordinates):
         return ()
 
-    def step(self, gradient, state):
-        raise NotImplementedError
+    def state_coordinates(self, state):
+        vectors = [s for s in tf.nest.flatten(state) if s.shape.rank == 1]
+        return vectors[0].shape[0] if vectors else None
 
     def __repr__(self):
         return f"{type(self).__name__}(learning_rate={self.learning_rate})"
 
 
-class SGD(UpdateRule):
+class SGD(Baseline):
     name = "sgd"
 
-    def step(self, gradient, state):
+    def flat_step(self, gradient, state):
         return -self.learning_rate * gradient, state
 
 
-class Adam(UpdateRule):
+class Adam(Baseline):
     """tf.train.AdamOptimizer: lr_t = lr sqrt(1-b2^t)/(1-b1^t), delta = -lr_t m / (sqrt(v) + eps)."""
 
     name = "adam"
@@ -42,10 +43,10 @@ class Adam(UpdateRule):
         super().__init__(learning_rate)
         self.beta1, self.beta2, self.epsilon = float(beta1), float(beta2), float(epsilon)
 
-    def initial_state(self, num_coordinates):
+    def flat_initial_state(self, num_coordinates):
         return tf.zeros([num_coordinates]), tf.zeros([num_coordinates]), tf.constant(0.0)
 
-    def step(self, gradient, state):
+    def flat_step(self, gradient, state):
         m, v, t = state
         t = t + 1.0
         m = self.beta1 * m + (1.0 - self.beta1) * gradient
@@ -54,7 +55,7 @@ class Adam(UpdateRule):
         return -lr_t * m / (tf.sqrt(v) + self.epsilon), (m, v, t)
 
 
-class RMSProp(UpdateRule):
+class RMSProp(Baseline):
     """tf.train.RMSPropOptimizer without momentum: ms starts at 1, delta = -lr g / sqrt(ms + eps)."""
 
     name = "rmsprop"
@@ -63,16 +64,16 @@ class RMSProp(UpdateRule):
         super().__init__(learning_rate)
         self.decay, self.epsilon = float(decay), float(epsilon)
 
-    def initial_state(self, num_coordinates):
+    def flat_initial_state(self, num_coordinates):
         return (tf.ones([num_coordinates]),)
 
-    def step(self, gradient, state):
+    def flat_step(self, gradient, state):
         (ms,) = state
         ms = self.decay * ms + (1.0 - self.decay) * tf.square(gradient)
         return -self.learning_rate * gradient / tf.sqrt(ms + self.epsilon), (ms,)
 
 
-class NAG(UpdateRule):
+class NAG(Baseline):
     """tf.train.MomentumOptimizer(use_nesterov=True): a = mu a + g, delta = -lr (g + mu a)."""
 
     name = "nag"
@@ -81,16 +82,16 @@ class NAG(UpdateRule):
         super().__init__(learning_rate)
         self.momentum = float(momentum)
 
-    def initial_state(self, num_coordinates):
+    def flat_initial_state(self, num_coordinates):
         return (tf.zeros([num_coordinates]),)
 
-    def step(self, gradient, state):
+    def flat_step(self, gradient, state):
         (accumulator,) = state
         accumulator = self.momentum * accumulator + gradient
         return -self.learning_rate * (gradient + self.momentum * accumulator), (accumulator,)
 
 
-class Adagrad(UpdateRule):
+class Adagrad(Baseline):
     """tf.train.AdagradOptimizer: the accumulator starts at 0.1, delta = -lr g / sqrt(accumulator)."""
 
     name = "adagrad"
@@ -99,10 +100,10 @@ class Adagrad(UpdateRule):
         super().__init__(learning_rate)
         self.initial_accumulator = float(initial_accumulator)
 
-    def initial_state(self, num_coordinates):
+    def flat_initial_state(self, num_coordinates):
         return (tf.fill([num_coordinates], self.initial_accumulator),)
 
-    def step(self, gradient, state):
+    def flat_step(self, gradient, state):
         (accumulator,) = state
         accumulator = accumulator + tf.square(gradient)
         return -self.learning_rate * gradient * tf.math.rsqrt(accumulator), (accumulator,)

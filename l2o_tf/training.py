@@ -27,6 +27,7 @@ from l2o_tf import imitation
 from l2o_tf import meta
 from l2o_tf import networks
 from l2o_tf import optimizers
+from l2o_tf import original_pickle
 
 FLAGS = flags.FLAGS
 CHECKPOINT = "checkpoint.npz"
@@ -138,7 +139,7 @@ class MetaTraining:
 
     def restore_model(self, index):
         path = os.path.join(self.save_path, f"{self.cell.key}.l2l-{index}")
-        self.cell.set_original_weights(networks.read_weights(path))
+        self.cell.set_original_weights(original_pickle.read(path))
 
     def checkpoint(self):
         if not self.save_path:

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from l2o_tf import imitation, meta, networks, optimizers, problems
+from l2o_tf import imitation, meta, networks, optimizers, problems, rules
 
 B = problems.BATCH_SIZE
 
@@ -41,7 +41,8 @@ def same_start(problem, rule, seed, scale_bound=0.0):
     """x_0, W, y, scale of the trajectory a Teacher seeded with `seed` starts from (it draws them first)."""
     start = meta.new_trajectory(problem, rule, generator(seed), scale_bound)
     w, y = (np.asarray(c, np.float64) for c in start.constants)
-    return np.asarray(start.x, np.float64), w, y, np.asarray(start.scale, np.float64)
+    return (np.asarray(rules.flatten(start.params), np.float64), w, y,
+            np.asarray(rules.flatten(start.scale), np.float64))
 
 
 # -- Teacher ----------------------------------------------------------------------------------------------------

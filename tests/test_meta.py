@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from l2o_tf import meta, networks, optimizers, problems
+from l2o_tf import meta, networks, optimizers, problems, rules
 
 B = problems.BATCH_SIZE
 
@@ -44,13 +44,18 @@ def np_quadratic_gradient(flat, w, y):
 
 def as64(trajectory):
     w, y = (np.asarray(c, np.float64) for c in trajectory.constants)
-    return np.asarray(trajectory.x, np.float64), w, y, np.asarray(trajectory.scale, np.float64)
+    return flat64(trajectory.params), w, y, flat64(trajectory.scale)
+
+
+def flat64(tensors):
+    return np.asarray(rules.flatten(tensors), np.float64)
 
 
 # -- the straightforward meta-gradient: nested tapes, f_0 + ... + f_T, stop_gradient on g unless 2nd derivatives --
 
 def reference_meta_gradient(problem, cell, trajectory, rng, unroll_length, second_derivatives):
-    x, state, constants, scale = trajectory
+    params, state, constants, scale = trajectory
+    x, scale = rules.flatten(params), rules.flatten(scale)
     with tf.GradientTape() as outer:
         losses = []
         for t in range(unroll_length + 1):
@@ -145,7 +150,7 @@ def test_meta_loss_is_the_sum_of_the_21_losses(quadratic):
     assert abs(losses[0] - losses[-1]) > 1e-2 * abs(sum(losses))  # f_0 and f_T are both visible in the sum
     np.testing.assert_allclose(meta_loss, sum(losses), rtol=1e-4)
     np.testing.assert_allclose(final_loss, losses[-1], rtol=1e-4)
-    np.testing.assert_allclose(carried.x.numpy(), x, rtol=1e-4, atol=1e-4 * np.max(np.abs(x)))
+    np.testing.assert_allclose(rules.flatten(carried.params).numpy(), x, rtol=1e-4, atol=1e-4 * np.max(np.abs(x)))
     for mine, theirs in zip(state, carried.state):
         np.testing.assert_allclose(theirs.numpy(), mine.numpy(), rtol=1e-3, atol=1e-4)
     assert carried.constants is trajectory.constants and carried.scale is trajectory.scale
@@ -179,9 +184,10 @@ def test_non_finite_meta_loss_skips_the_step(quadratic):
     assert applied
     weights, slots = snapshot(trainer.variables), snapshot(trainer.optimizer.variables)
     assert any(np.any(s != 0) for s in slots[1:])  # Adam moments are populated, so "unchanged" means something
-    x = trajectory.x.numpy()
+    x = rules.flatten(trajectory.params).numpy()
     x[17] = np.nan
-    _, meta_loss, final_loss, applied = trainer.train_unroll(trajectory._replace(x=tf.constant(x)))
+    poisoned = trajectory._replace(params=quadratic.unflatten(tf.constant(x)))
+    _, meta_loss, final_loss, applied = trainer.train_unroll(poisoned)
     assert applied is False
     assert np.isnan(meta_loss) and np.isnan(final_loss)
     for old, var in zip(weights, trainer.variables):
@@ -208,7 +214,7 @@ def test_runner_records_f_of_the_next_iterate(quadratic, scale_bound):
     assert losses.shape == (30,) and losses.dtype == np.float32
     assert expected[-1] < 0.5 * expected[0]  # the run goes somewhere
     np.testing.assert_allclose(losses, expected, rtol=1e-5)
-    np.testing.assert_allclose(carried.x.numpy(), x, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rules.flatten(carried.params).numpy(), x, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(runner.final_loss(trajectory, 30), expected[-1], rtol=1e-5)
 
 
@@ -221,7 +227,7 @@ def test_runner_chunks_and_callback(quadratic):
     chunked_trajectory, chunked = runner.run(trajectory, 30, chunk=7,
                                              callback=lambda done, losses: calls.append((done, losses.copy())))
     np.testing.assert_allclose(chunked, whole, rtol=1e-6)
-    np.testing.assert_allclose(chunked_trajectory.x.numpy(), whole_trajectory.x.numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(flat64(chunked_trajectory.params), flat64(whole_trajectory.params), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(chunked_trajectory.state[2].numpy(), 30.0)  # Adam's step counter carried on
     assert [done for done, _ in calls] == [7, 14, 21, 28, 30]
     for done, losses in calls:
@@ -240,7 +246,7 @@ def test_runner_minibatches_and_seed(tiny_mnist):
 
     rng = generator(8)
     meta.new_trajectory(tiny_mnist, optimizers.SGD(lr), rng)  # same draws as the runner's new_trajectory
-    x, expected = trajectory.x, []
+    x, expected = rules.flatten(trajectory.params), []
     for _ in range(steps):
         with tf.GradientTape() as tape:
             tape.watch(x)
@@ -262,19 +268,20 @@ def test_random_scaling(quadratic):
     x0 = quadratic.init_flat(rng).numpy()
     log_scale = rng.uniform([quadratic.num_params], -3.0, 3.0).numpy()
     constants = quadratic.init_constants(rng)
-    scale = trajectory.scale.numpy()
-    assert scale.shape == x0.shape == trajectory.x.shape == (quadratic.num_params,)
+    assert [s.shape for s in trajectory.scale] == [p.shape for p in trajectory.params] == [(B, 10)]
+    scale = rules.flatten(trajectory.scale).numpy()
+    assert scale.shape == x0.shape == (quadratic.num_params,)
     np.testing.assert_allclose(np.log(scale), log_scale, rtol=1e-5, atol=1e-5)
     assert np.all(scale >= np.exp(-3.0) * (1 - 1e-6)) and np.all(scale <= np.exp(3.0) * (1 + 1e-6))
     assert np.log(scale).min() < -2.5 and np.log(scale).max() > 2.5   # spread over the whole range
     assert abs(np.log(scale).mean()) < 0.2                             # centred (sd of the mean ~0.05)
-    np.testing.assert_allclose(trajectory.x.numpy() * scale, x0, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(rules.flatten(trajectory.params).numpy() * scale, x0, rtol=1e-6, atol=1e-12)
     for mine, theirs in zip(constants, trajectory.constants):
         np.testing.assert_array_equal(theirs.numpy(), mine.numpy())
     # no scaling: ones, and x is the init itself
     plain = meta.new_trajectory(quadratic, optimizers.SGD(0.1), generator(12))
-    np.testing.assert_array_equal(plain.scale.numpy(), np.ones(quadratic.num_params, np.float32))
-    np.testing.assert_array_equal(plain.x.numpy(), x0)
+    np.testing.assert_array_equal(rules.flatten(plain.scale).numpy(), np.ones(quadratic.num_params, np.float32))
+    np.testing.assert_array_equal(rules.flatten(plain.params).numpy(), x0)
 
 
 def test_new_trajectory_carries_the_rules_initial_state(quadratic):
