@@ -1,0 +1,196 @@
+"""L2O-Scale meta-training (SPEC_SCALE §2.2, §3, §4): each piece against a numpy re-implementation of the spec."""
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from l2o_scale import meta_objective, meta_optimizer, plans
+
+
+# -- §2.2 the meta-objective -------------------------------------------------------------------------------------
+
+def np_meta_objective(F, f0, log=True, numerator_epsilon=False):
+    F = np.asarray(F, np.float64)
+    if not log:
+        T = len(F) - 1
+        return sum(F[1 + t] / T for t in range(T)) / (f0 + 1e-6)
+    if numerator_epsilon:
+        return np.mean([math.log((f + 1e-6) / (f0 + 1e-6)) for f in F])
+    return np.mean([math.log(f / (f0 + 1e-6) + 1e-6) for f in F])
+
+
+@pytest.mark.parametrize("log,numerator_epsilon", [(True, False), (True, True), (False, False)])
+def test_meta_objective_matches_the_formula(log, numerator_epsilon):
+    rng = np.random.default_rng(0)
+    F = rng.uniform(0.1, 5.0, size=8)
+    F[1] = F[0]
+    f0 = 3.7
+    got = meta_objective.meta_objective(tf.constant(F, tf.float64), tf.constant(f0, tf.float64), log,
+                                        numerator_epsilon)
+    np.testing.assert_allclose(float(got), np_meta_objective(F, f0, log, numerator_epsilon), rtol=1e-12)
+
+
+def test_meta_objective_epsilons_matter_where_the_spec_puts_them():
+    """A zero loss: log(0/(f0+eps) + eps) = log(1e-6) in the default form, log(1e-6/(f0+eps)) with the numerator
+    epsilon; a zero f0 is guarded by the denominator's epsilon."""
+    zero = tf.constant([0.0, 0.0], tf.float64)
+    np.testing.assert_allclose(float(meta_objective.meta_objective(zero, 2.0)), math.log(1e-6), rtol=1e-12)
+    np.testing.assert_allclose(float(meta_objective.meta_objective(zero, 2.0, use_numerator_epsilon=True)),
+                               math.log(1e-6 / (2.0 + 1e-6)), rtol=1e-12)
+    one = tf.constant([1.0, 1.0, 1.0], tf.float64)
+    np.testing.assert_allclose(float(meta_objective.meta_objective(one, 0.0)), math.log(1e6 + 1e-6), rtol=1e-12)
+    np.testing.assert_allclose(float(meta_objective.meta_objective(one, 0.0, use_log_objective=False)), 1e6,
+                               rtol=1e-12)
+
+
+# -- §3.4 the meta-optimizer ---------------------------------------------------------------------------------------
+
+def np_tf1_rmsprop(w, gradients, lr, decay=0.9, momentum=0.0, epsilon=1e-20):
+    w, ms, mom = np.array(w, np.float64), np.ones_like(w, np.float64), np.zeros_like(w, np.float64)
+    for g in gradients:
+        ms = decay * ms + (1 - decay) * g ** 2
+        mom = momentum * mom + lr * g / np.sqrt(ms + epsilon)
+        w = w - mom
+    return w, ms, mom
+
+
+def run_keras_optimizer(optimizer, w0, gradients):
+    variable = tf.Variable(w0)
+    optimizer.build([variable])
+    for g in gradients:
+        optimizer.apply_gradients([(tf.constant(g), variable)])
+    return variable.numpy(), [v.numpy() for v in optimizer.variables]
+
+
+@pytest.mark.parametrize("num_steps", [1, 5])
+def test_tf1_rmsprop_matches_numpy(num_steps):
+    """The original's settings: ms starts at 1, so tiny meta-gradients give steps of about lr * g."""
+    rng = np.random.default_rng(1)
+    w0 = rng.normal(size=[3, 4]).astype(np.float32)
+    gradients = [(rng.normal(size=[3, 4]) * 10.0 ** rng.integers(-8, 2, size=[3, 4])).astype(np.float32)
+                 for _ in range(num_steps)]
+    lr = 0.05  # large enough for the change to show in float32
+    w, slots = run_keras_optimizer(meta_optimizer.TF1RMSProp(lr), w0, gradients)
+    expected_w, expected_ms, expected_mom = np_tf1_rmsprop(w0, gradients, lr)
+    np.testing.assert_allclose(w, expected_w, rtol=1e-6, atol=1e-7)
+    ms, mom = slots[-2:]
+    np.testing.assert_allclose(ms, expected_ms, rtol=1e-6)
+    np.testing.assert_allclose(mom, expected_mom, rtol=1e-5, atol=1e-12)
+    assert int(slots[0]) == num_steps  # the iteration counter (the original's global_step)
+
+
+def test_tf1_rmsprop_epsilon_inside_the_root_and_momentum():
+    """epsilon=0.5 tells the two placements apart: lr g / sqrt(ms + 0.5), not lr g / (sqrt(ms) + 0.5)."""
+    w0 = np.array([1.0, -2.0, 0.5], np.float32)
+    gradients = [np.array([0.3, -1.5, 2.0], np.float32), np.array([1.0, 0.2, -0.7], np.float32)]
+    optimizer = meta_optimizer.TF1RMSProp(0.1, decay=0.8, momentum=0.6, epsilon=0.5)
+    w, _ = run_keras_optimizer(optimizer, w0, gradients)
+    expected, _, _ = np_tf1_rmsprop(w0, gradients, 0.1, decay=0.8, momentum=0.6, epsilon=0.5)
+    np.testing.assert_allclose(w, expected, rtol=1e-6)
+
+
+def test_tf1_rmsprop_defaults_are_the_originals():
+    optimizer = meta_optimizer.TF1RMSProp()
+    assert (float(optimizer.learning_rate), optimizer.decay, optimizer.momentum, optimizer.epsilon) == \
+        pytest.approx((1e-6, 0.9, 0.0, 1e-20), rel=1e-6)
+    w, _ = run_keras_optimizer(optimizer, np.zeros([2], np.float32), [np.array([1e-8, -1e-8], np.float32)])
+    # ms = 0.9 * 1 + 0.1 * 1e-16: the step is lr * g / sqrt(0.9), about 1e-14
+    np.testing.assert_allclose(w, np.array([-1e-14, 1e-14]) / math.sqrt(0.9), rtol=1e-5)
+
+
+def test_sanitize_zeroes_non_finite_and_clips_each_element():
+    g = tf.constant([np.nan, np.inf, -np.inf, 2e4, -3e4, 5.0, -1e4])
+    (got,) = meta_optimizer.sanitize([g], 1e4)
+    np.testing.assert_array_equal(got.numpy(), [0, 0, 0, 1e4, -1e4, 5.0, -1e4])
+
+
+# -- §3.2 unroll plans ---------------------------------------------------------------------------------------------
+
+def test_sample_numiter_is_a_clipped_rounded_exponential():
+    """Train copy: int(clip(round(Exp(scale)) + min, 0, 3 min)); P(cap) = P(Exp >= 2 min - 0.5) = exp(-19.5 / scale)."""
+    rng = np.random.default_rng(2)
+    for scale, expected_cap in ((40, math.exp(-19.5 / 40)), (20, math.exp(-19.5 / 20))):
+        draws = np.array([plans.sample_numiter(rng, scale, 10) for _ in range(20000)])
+        assert draws.min() == 10 and draws.max() == 30
+        assert abs(np.mean(draws == 30) - expected_cap) < 0.015
+        assert abs(np.mean(draws == 10) - (1 - math.exp(-0.5 / scale))) < 0.01  # round(e) == 0
+    unclipped = np.array([plans.sample_numiter(rng, 200, 50, clip=False) for _ in range(5000)])
+    assert unclipped.min() == 50 and unclipped.max() > 150
+    assert abs(unclipped.mean() - 250) < 10
+
+
+def test_unroll_plans_of_the_three_modes():
+    rng = np.random.default_rng(3)
+    settings = plans.UnrollSettings()
+    assert plans.unroll_plan(rng, plans.UnrollSettings(fix_unroll=True)) == [20] * 5
+    assert plans.unroll_plan(rng, plans.UnrollSettings(fix_unroll=True, fix_unroll_length=7, fix_num_steps=50)) \
+        == [7] * 7
+    assert plans.unroll_plan(rng, settings, curriculum_unrolls=25) == [20] * 25  # the curriculum takes precedence
+    assert [plans.curriculum_unrolls(s, 20) for s in (100, 200, 500, 5000)] == [5, 10, 25, 250]
+    drawn = [plans.unroll_plan(rng, settings) for _ in range(300)]
+    assert all(10 <= len(p) <= 30 and all(10 <= t <= 30 for t in p) for p in drawn)
+    assert len({len(p) for p in drawn}) > 5 and len({t for p in drawn for t in p}) > 5
+
+
+# -- §3.3 data subsets and minibatches -----------------------------------------------------------------------------
+
+def assert_shuffled_epochs(batches, size):
+    """Each run of size // batch consecutive batches holds distinct indices (one pass over a shuffled order)."""
+    per_epoch = size // batches.shape[1]
+    for start in range(0, len(batches), per_epoch):
+        epoch = batches[start:start + per_epoch].ravel()
+        assert len(set(epoch.tolist())) == len(epoch)
+
+
+def test_batch_indices_are_full_batches_of_reshuffled_epochs():
+    batches = plans.batch_indices(np.random.default_rng(4), 10, 9, 3)
+    assert batches.shape == (9, 3) and batches.min() >= 0 and batches.max() < 10
+    assert_shuffled_epochs(batches, 10)  # 3 batches per pass, the 10th index left over
+    assert len({tuple(b) for b in batches}) > 3
+    with pytest.raises(ValueError):
+        plans.batch_indices(np.random.default_rng(0), 5, 1, 6)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_iteration_data_subsets_and_chunks(k):
+    plan, dataset_size, batch, subset_size = [4, 6, 5], 1000, 16, 200
+    data = plans.iteration_data(np.random.default_rng(5), plan, dataset_size, batch, subset_size, k=k)
+    positions = []
+    for subset, batches, teacher, steps in zip(data.subsets, data.batches, data.teacher_batches, plan):
+        assert subset.shape == (subset_size,) and len(set(subset.tolist())) == subset_size
+        assert subset.max() < dataset_size
+        assert teacher.shape == (steps * k, batch) and batches.shape == (steps, batch)
+        np.testing.assert_array_equal(batches, teacher[::k])  # the learned optimizer's: every k-th
+        lookup = {index: position for position, index in enumerate(subset.tolist())}
+        positions.append(np.vectorize(lookup.__getitem__)(teacher))  # KeyError if a batch left its subset
+    assert not all(np.array_equal(data.subsets[0], s) for s in data.subsets[1:])
+    assert_shuffled_epochs(np.concatenate(positions), subset_size)  # one stream of batches across unrolls
+    frozen = plans.iteration_data(np.random.default_rng(5), plan, dataset_size, batch, subset_size, freeze=True)
+    assert all(np.array_equal(s, np.arange(subset_size)) for s in frozen.subsets)
+    small = plans.iteration_data(np.random.default_rng(5), [3], 50, 16)  # fewer examples than a subset
+    assert sorted(small.subsets[0].tolist()) == list(range(50))
+
+
+def test_validation_batches_stay_in_the_subset():
+    subset = np.random.default_rng(6).permutation(500)[:100]
+    batches = plans.validation_batches(np.random.default_rng(7), subset, [20, 20, 20], 8)
+    assert [b.shape for b in batches] == [(20, 8)] * 3
+    assert set(np.concatenate(batches).ravel().tolist()) <= set(subset.tolist())
+
+
+def test_regularizer_switch_table():
+    """§4.3: posterior after, prior before int(U * reg_scale + 1); none never; anything else always."""
+    U, scale = 10, 0.5  # boundary 6
+    assert [plans.regularizer_switch("posterior", u, U, scale) for u in range(U)] == [False] * 7 + [True] * 3
+    assert [plans.regularizer_switch("prior", u, U, scale) for u in range(U)] == [True] * 6 + [False] * 4
+    assert not any(plans.regularizer_switch("none", u, U, scale) for u in range(U))
+    assert all(plans.regularizer_switch("always", u, U, scale) for u in range(U))
+
+
+def test_optimizee_init_is_standard_normal():
+    params = plans.optimizee_init(np.random.default_rng(8), [(784, 20), (20,), (20, 10), (10,)])
+    assert [p.shape for p in params] == [(784, 20), (20,), (20, 10), (10,)]
+    assert all(p.dtype == np.float32 for p in params)
+    flat = np.concatenate([p.ravel() for p in params])
+    assert abs(flat.mean()) < 0.03 and abs(flat.std() - 1) < 0.03
