@@ -5,15 +5,17 @@ The original saves its meta-parameters with a TF1 `Saver` (`model.ckpt-N.index` 
 builds a `HierarchicalRNN` and assigns every `LOL/...` variable by name, checking shapes. `save` writes the same
 format with the same names (raw `SaveV2`, no object graph), so the original TF1 code can restore it, plus a JSON
 sidecar `<prefix>.json` with the optimizer's config, which the original format has no room for.
+
+`resolve` needs no TensorFlow (this module imports it only when a function reads or writes a bundle), so the
+command line can check a checkpoint path before paying for TensorFlow's import.
 """
 import json
 import os
+import re
 import tempfile
 
 import numpy as np
-import tensorflow as tf
 
-from l2o_scale import hierarchical_rnn
 from l2o_tf import errors
 from l2o_tf import fileio
 
@@ -37,9 +39,9 @@ def resolve(path, restore_model_name=None):
         directory = logdir if os.path.isdir(logdir) else path
         if restore_model_name:
             return resolve(os.path.join(directory, restore_model_name))
-        latest = tf.train.latest_checkpoint(directory)
-        if latest and os.path.exists(latest + ".index"):
-            return latest
+        latest = _state_file_paths(directory)[:1]
+        if latest and os.path.exists(latest[0] + ".index"):
+            return latest[0]
         indexes = sorted(name[:-len(".index")] for name in os.listdir(directory) if name.endswith(".index"))
         if len(indexes) == 1:
             return os.path.join(directory, indexes[0])
@@ -57,6 +59,8 @@ def resolve(path, restore_model_name=None):
 
 def read(path):
     """(prefix, {variable name: numpy array}) of every tensor in the checkpoint at `path` (see `resolve`)."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
     prefix = resolve(path)
     try:
         reader = tf.train.load_checkpoint(prefix)
@@ -71,6 +75,8 @@ def load(path, **overrides):
 
     The config comes from the `<prefix>.json` sidecar when there is one, else the original flags' defaults;
     `overrides` replace entries (e.g. `init_lr_range=(1e-5, 1e-3)`, `global_input="mean"`)."""
+    from l2o_scale import hierarchical_rnn  # pylint: disable=import-outside-toplevel
+
     prefix, tensors = read(path)
     config = {}
     sidecar = prefix + ".json"
@@ -118,6 +124,8 @@ def save(optimizer, prefix, extra=None, update_state_file=True):
     `global_step`, which a TF1 Saver over all global variables expects). Files appear whole: the bundle is written
     under a temporary prefix and renamed (data first, then the index that makes it readable). With
     `update_state_file`, the directory's `checkpoint` file names it the latest, as a TF1 Saver does."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
     prefix = os.path.abspath(os.fspath(prefix))
     directory = os.path.dirname(prefix)
     os.makedirs(directory, exist_ok=True)
@@ -146,10 +154,29 @@ def save(optimizer, prefix, extra=None, update_state_file=True):
     return prefix
 
 
+_STATE_LINE = re.compile(r'^\s*(model_checkpoint_path|all_model_checkpoint_paths)\s*:\s*"(.*)"\s*$')
+
+
+def _state_file_paths(directory):
+    """The prefixes a TF1 `checkpoint` state file lists, the latest first ([] without one), relative ones joined
+    to `directory`."""
+    try:
+        with open(os.path.join(directory, "checkpoint"), encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    latest, others = [], []
+    for line in lines:
+        match = _STATE_LINE.match(line)
+        if match:
+            (latest if match.group(1) == "model_checkpoint_path" else others).append(
+                os.path.join(directory, match.group(2)))
+    return latest + [p for p in others if p not in latest]
+
+
 def _update_state_file(directory, name):
     """Name `name` the latest checkpoint in `directory/checkpoint` (TF1's text format), keeping the others listed."""
-    state = tf.train.get_checkpoint_state(directory)
-    paths = [os.path.basename(p) for p in (state.all_model_checkpoint_paths if state else []) if
-             os.path.basename(p) != name] + [name]
+    paths = [p for p in dict.fromkeys(os.path.basename(p) for p in _state_file_paths(directory)) if p != name]
+    paths.append(name)
     lines = [f'model_checkpoint_path: "{name}"'] + [f'all_model_checkpoint_paths: "{p}"' for p in paths]
     fileio.atomic_write_bytes(os.path.join(directory, "checkpoint"), ("\n".join(lines) + "\n").encode())
