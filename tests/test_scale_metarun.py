@@ -194,3 +194,148 @@ def test_optimizee_init_is_standard_normal():
     assert all(p.dtype == np.float32 for p in params)
     flat = np.concatenate([p.ravel() for p in params])
     assert abs(flat.mean()) < 0.03 and abs(flat.std() - 1) < 0.03
+
+
+# -- §2.1-§2.2, §3.5 the unrolls, on a rule numpy can replay -------------------------------------------------------
+
+import keras  # noqa: E402
+
+from l2o_scale import unroll  # noqa: E402
+from l2o_tf import problems  # noqa: E402
+
+
+class MomentumRule(keras.layers.Layer):
+    """delta = -exp(log_lr) m', m' = 0.5 m + g, the momentum starting at the learned `init` in every coordinate."""
+
+    def build(self, input_shape=None):
+        self.log_lr = self.add_weight(shape=(), initializer=keras.initializers.Constant(-2.0), name="log_lr")
+        self.init = self.add_weight(shape=(), initializer=keras.initializers.Constant(0.3), name="init")
+        self.unused = self.add_weight(shape=(2,), initializer="ones", name="unused")
+        self.built = True
+
+    def initial_state(self, params):
+        return [tf.ones_like(p) * self.init for p in params]
+
+    def step(self, gradients, state, loss=None):
+        state = [0.5 * m + g for m, g in zip(state, gradients)]
+        return [-tf.exp(self.log_lr) * m for m in state], state
+
+
+def np_mlp_loss_and_gradient(params, x, y):
+    w1, b1, w2, b2 = params
+    h = 1 / (1 + np.exp(-(x @ w1 + b1)))
+    z = h @ w2 + b2
+    z = z - z.max(axis=1, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    loss = np.mean(-np.log(p[np.arange(len(y)), y]))
+    dz = (p - np.eye(10)[y]) / len(y)
+    dh = dz @ w2.T * h * (1 - h)
+    return loss, [x.T @ dh, dh.sum(0), h.T @ dz, dz.sum(0)]
+
+
+def np_unroll(params, momentum, log_lr, images, labels, subset, batches, f0, log=True):
+    """(objectives [T + 1], meta-objective, params_T) of one unroll, in float64."""
+    x, y = images.reshape(len(images), -1).astype(np.float64), labels
+    objectives = []
+    for batch in batches:
+        objectives.append(np_mlp_loss_and_gradient(params, x[subset], y[subset])[0])
+        _, gradients = np_mlp_loss_and_gradient(params, x[batch], y[batch])
+        momentum = [0.5 * m + g for m, g in zip(momentum, gradients)]
+        params = [p - np.exp(log_lr) * m for p, m in zip(params, momentum)]
+    objectives = [objectives[0]] + objectives
+    return np.array(objectives), np_meta_objective(objectives, f0, log), params
+
+
+@pytest.fixture(scope="module")
+def small_mnist():
+    rng = np.random.default_rng(10)
+    images = rng.uniform(0, 1, size=[300, 28, 28, 1]).astype(np.float32)
+    labels = rng.integers(0, 10, size=300).astype(np.int32)
+    return problems.get("mnist", dataset=(images, labels))
+
+
+def small_plan(problem, steps, seed=11):
+    rng = np.random.default_rng(seed)
+    data = plans.iteration_data(rng, [steps], 300, 16, subset_size=200)
+    params = plans.optimizee_init(rng, problem.param_shapes)
+    return data.subsets[0], data.batches[0], [0.1 * p for p in params]
+
+
+def make_unroller(problem, second_derivatives=False, learning_rate=1e-6, **kwargs):
+    rule = MomentumRule()
+    rule.build()
+    return unroll.Unroller(problem, rule, meta_optimizer.TF1RMSProp(learning_rate), second_derivatives, **kwargs)
+
+
+@pytest.mark.parametrize("log", [True, False])
+def test_unroll_objectives_and_meta_objective_match_numpy(small_mnist, log):
+    """T = 4: F = [f(x_0), f(x_0), f(x_1), f(x_2), f(x_3)] on the whole subset, the steps on minibatches; f_0 given."""
+    u = make_unroller(small_mnist, use_log_objective=log)
+    subset, batches, params = small_plan(small_mnist, 4)
+    objective, objectives, params_t, _ = u.forward([tf.constant(p) for p in params], None, tf.constant(subset),
+                                                   tf.constant(batches), tf.constant(7.5))
+    images, labels = small_mnist.images.numpy(), small_mnist.labels.numpy()
+    momentum = [np.full(p.shape, 0.3) for p in params]
+    expected = np_unroll([p.astype(np.float64) for p in params], momentum, -2.0, images, labels, subset, batches,
+                         7.5, log)
+    assert objectives.shape == (5,) and objectives[0] == objectives[1]
+    np.testing.assert_allclose(objectives.numpy(), expected[0], rtol=2e-5)
+    np.testing.assert_allclose(float(objective), expected[1], rtol=2e-5)
+    for got, want in zip(params_t, expected[2]):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-6)
+    assert u.initial_objective(params, subset) == pytest.approx(expected[0][0], rel=2e-5)
+
+
+def test_meta_gradient_matches_finite_differences(small_mnist):
+    """With second derivatives, d(meta-objective)/d(log_lr, init) equals central differences of the numpy unroll;
+    without them the forward is the same and the gradient only slightly different; an unused weight gets 0."""
+    subset, batches, params = small_plan(small_mnist, 3)
+    images, labels = small_mnist.images.numpy(), small_mnist.labels.numpy()
+    params64 = [p.astype(np.float64) for p in params]
+
+    def np_objective(log_lr, init):
+        momentum = [np.full(p.shape, init) for p in params]
+        return np_unroll(params64, momentum, log_lr, images, labels, subset, batches, 3.0)[1]
+
+    h = 1e-5
+    expected = [(np_objective(-2.0 + h, 0.3) - np_objective(-2.0 - h, 0.3)) / (2 * h),
+                (np_objective(-2.0, 0.3 + h) - np_objective(-2.0, 0.3 - h)) / (2 * h)]
+    args = ([tf.constant(p) for p in params], None, tf.constant(subset), tf.constant(batches), tf.constant(3.0))
+    exact = make_unroller(small_mnist, second_derivatives=True).meta_gradient(*args)
+    np.testing.assert_allclose([float(exact[0]), float(exact[1])], expected, rtol=2e-3)
+    np.testing.assert_array_equal(exact[2].numpy(), [0.0, 0.0])
+    first_order = make_unroller(small_mnist, second_derivatives=False).meta_gradient(*args)
+    np.testing.assert_allclose([float(g) for g in first_order[:2]], expected, rtol=0.2)
+    assert float(first_order[0]) != pytest.approx(float(exact[0]), rel=1e-4)
+
+
+def test_train_unroll_applies_tf1_rmsprop_and_carries_the_state(small_mnist):
+    """A carried state gives the initial vector no gradient (but 0: its ms slot still decays); the update is
+    -lr g / sqrt(0.9 + 0.1 g^2); the returned trajectory is the forward's own."""
+    u = make_unroller(small_mnist, learning_rate=1.0)
+    subset, batches, params = small_plan(small_mnist, 3)
+    state = [tf.fill(p.shape, 0.7) for p in params]
+    args = ([tf.constant(p) for p in params], state, tf.constant(subset), tf.constant(batches), tf.constant(3.0))
+    gradients = [g.numpy() for g in u.meta_gradient(*args)]
+    _, _, expected_params, expected_state = u.forward(*args)
+    before = [v.numpy() for v in u.variables]
+    params_t, state_t, objectives, _ = u.train_unroll(params, state, subset, batches, 3.0)
+    assert gradients[1] == 0.0 and gradients[0] != 0.0
+    for old, var, g in zip(before, u.variables, gradients):
+        np.testing.assert_allclose(var.numpy() - old, -g / np.sqrt(0.9 + 0.1 * g ** 2), rtol=1e-5, atol=3e-7)
+    ms = [v.numpy() for v in u.meta_optimizer.variables if "ms" in v.name]
+    np.testing.assert_allclose(ms[1], 0.9)  # the unconnected initial vector's slot decayed like the original's
+    for got, want in zip(params_t + state_t, expected_params + expected_state):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-8)
+    assert objectives.shape == (4,)
+
+
+def test_final_loss_is_the_subset_loss_before_the_last_update(small_mnist):
+    u = make_unroller(small_mnist)
+    subset, batches, params = small_plan(small_mnist, 5)
+    images, labels = small_mnist.images.numpy(), small_mnist.labels.numpy()
+    momentum = [np.full(p.shape, 0.3) for p in params]
+    # the numpy unroll's objectives end with f(theta_4) = f before the 5th update
+    expected = np_unroll([p.astype(np.float64) for p in params], momentum, -2.0, images, labels, subset, batches,
+                         1.0)[0][-1]
+    assert u.final_loss(params, None, subset, batches) == pytest.approx(expected, rel=2e-5)

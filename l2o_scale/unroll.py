@@ -1,0 +1,121 @@
+"""L2O-Scale's compiled unrolls on a classifier problem (SPEC_SCALE §2.1-§2.2, §3.4-§3.5).
+
+One training unroll runs T optimizer steps from the trajectory's parameters and state: at step t the meta-objective
+records f(theta_t) on the unroll's whole data subset, the optimizer gets the gradient of one minibatch of it (under
+stop_gradient unless `second_derivatives`) and steps. Then one meta-update: the gradient of the §2.2 objective,
+non-finite entries set to 0, each entry clipped, applied by the TF1 RMSProp. Every meta-parameter gets a gradient
+(zero when unconnected, as TF1's `cond` gave the initial-state vectors on unrolls that do not reset), so every
+RMSProp slot decays at every update as in the original.
+
+The trajectory goes on from the unroll's own forward values (upstream's order; the train copy recomputed the unroll
+after the update to propagate it, docs/FIDELITY.md). Data are indices into the problem's training split
+(`l2o_scale.plans`), gathered inside the compiled function.
+"""
+import tensorflow as tf
+
+from l2o_scale import meta_objective
+from l2o_scale import meta_optimizer as meta_optimizer_lib
+from l2o_tf import errors
+from l2o_tf import meta
+
+
+class Unroller:
+    """Training unrolls (with their meta-update) and validation runs of an update-rule Keras layer on `problem`."""
+
+    def __init__(self, problem, optimizer, meta_optimizer, second_derivatives=True, use_log_objective=True,
+                 use_numerator_epsilon=False, clip_level=meta_optimizer_lib.CLIP_LEVEL):
+        if not hasattr(problem, "batch_loss"):
+            raise errors.UsageError(f"L2O-Scale meta-training needs a problem with a dataset, not {problem.name!r}")
+        self.problem, self.optimizer, self.meta_optimizer = problem, optimizer, meta_optimizer
+        self.second_derivatives = bool(second_derivatives)
+        self.use_log_objective, self.use_numerator_epsilon = bool(use_log_objective), bool(use_numerator_epsilon)
+        self.clip_level = float(clip_level)
+        if not optimizer.built:
+            optimizer.build()
+        self.variables = list(optimizer.trainable_variables)
+        meta_optimizer.build(self.variables)
+        self._train = tf.function(self._train_unroll, reduce_retracing=True)
+        self._subset_loss = tf.function(self.subset_loss, reduce_retracing=True)
+        self._final = tf.function(self._final_loss, reduce_retracing=True, jit_compile=not problem.is_convolutional)
+
+    # -- the pieces ---------------------------------------------------------------------------------------------
+    def subset_loss(self, params, subset):
+        """f(params) on the examples `subset` (indices into the training split): the objective's terms."""
+        return self.problem.batch_loss(params, tf.gather(self.problem.images, subset),
+                                       tf.gather(self.problem.labels, subset))
+
+    def minibatch_gradient(self, params, batch):
+        """(loss, gradients) of the minibatch `batch` at params."""
+        with tf.GradientTape() as tape:
+            tape.watch(params)
+            loss = self.subset_loss(params, batch)
+        gradients = tape.gradient(loss, params)
+        if not self.second_derivatives:
+            gradients = [tf.stop_gradient(g) for g in gradients]
+        return loss, gradients
+
+    def initial_objective(self, params, subset):
+        """f_0: the loss at the meta-iteration's initial parameters on its first unroll's subset (§2.2)."""
+        return float(self._subset_loss([tf.convert_to_tensor(p) for p in params], tf.constant(subset)))
+
+    # -- training -----------------------------------------------------------------------------------------------
+    def train_unroll(self, params, state, subset, batches, initial_objective):
+        """One unroll of len(batches) steps and its meta-update.
+
+        `state` None starts from the optimizer's fresh state, made inside the tape so that its learned initial
+        vectors get their meta-gradient. Returns (params, state, objectives [T + 1] numpy, meta-objective)."""
+        params = [tf.convert_to_tensor(p) for p in params]
+        params, state, objectives, objective = self._train(
+            params, state, tf.constant(subset), tf.constant(batches), tf.constant(initial_objective, tf.float32))
+        return params, state, objectives.numpy(), float(objective)
+
+    def forward(self, params, state, subset, batches, initial_objective):
+        """(meta-objective, objectives [T + 1], params_T, state_T) of one unroll, to be differentiated."""
+        if state is None:
+            state = self.optimizer.initial_state(params)
+        num_steps = tf.shape(batches)[0]
+        losses = tf.TensorArray(tf.float32, size=num_steps)
+        for t in tf.range(num_steps):
+            losses = losses.write(t, self.subset_loss(params, subset))  # f(theta_t), t = 0..T-1
+            loss, gradients = self.minibatch_gradient(params, batches[t])
+            deltas, state = self.optimizer.step(gradients, state, loss)
+            params = meta.add(params, deltas)
+        losses = losses.stack()
+        objectives = tf.concat([losses[:1], losses], 0)  # all_obj: f(theta_start), then f(theta_0) again, ...
+        objective = meta_objective.meta_objective(objectives, initial_objective, self.use_log_objective,
+                                                  self.use_numerator_epsilon)
+        return objective, objectives, params, state
+
+    def meta_gradient(self, params, state, subset, batches, initial_objective):
+        """The sanitized meta-gradient of one unroll (zeros for unconnected meta-parameters), for tests and tools."""
+        with tf.GradientTape() as tape:
+            objective, _, _, _ = self.forward(params, state, subset, batches, initial_objective)
+        return self._sanitized(tape.gradient(objective, self.variables))
+
+    def _train_unroll(self, params, state, subset, batches, initial_objective):
+        with tf.GradientTape() as tape:
+            objective, objectives, params, state = self.forward(params, state, subset, batches, initial_objective)
+        gradients = self._sanitized(tape.gradient(objective, self.variables))
+        self.meta_optimizer.apply_gradients(zip(gradients, self.variables))
+        return params, state, objectives, objective
+
+    def _sanitized(self, gradients):
+        gradients = [tf.zeros(v.shape, tf.as_dtype(v.dtype)) if g is None else g
+                     for g, v in zip(gradients, self.variables)]
+        return meta_optimizer_lib.sanitize(gradients, self.clip_level)
+
+    # -- validation ---------------------------------------------------------------------------------------------
+    def final_loss(self, params, state, subset, batches):
+        """The original's validation cost of one run (§3.5): with N = len(batches) steps planned, f on `subset`
+        at the parameters before the last update, i.e. after N - 1 steps (the last unroll's last objective)."""
+        params = [tf.convert_to_tensor(p) for p in params]
+        return float(self._final(params, state, tf.constant(subset), tf.constant(batches)))
+
+    def _final_loss(self, params, state, subset, batches):
+        if state is None:
+            state = self.optimizer.initial_state(params)
+        for t in tf.range(tf.shape(batches)[0] - 1):
+            loss, gradients = self.minibatch_gradient(params, batches[t])
+            deltas, state = self.optimizer.step(gradients, state, loss)
+            params = meta.add(params, deltas)
+        return self.subset_loss(params, subset)
