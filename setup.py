@@ -9,7 +9,7 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["l2o_tf", "l2o_tf.*", "l2o_scale", "l2o_scale.*"]),
-    package_data={"l2o_tf": ["data/*.npz"]},
+    package_data={"l2o_tf": ["data/*.npz", "pretrained/README.md", "pretrained/*/*.l2l-0"]},
     install_requires=[
         "tensorflow>=2.16",
         "keras>=3",

@@ -91,9 +91,11 @@ class Guard(rules.UpdateRule):
         return GuardState(params, self.learned.initial_state(params), self.guard.initial_state(params),
                           tf.constant(0, tf.int64), tf.constant(1.0), self._initial_mu())
 
-    def step(self, gradients, state, loss=None):
+    def step(self, gradients, state, loss=None, params=None):
+        """The protocol's step; `params`, when given, are the current parameters (the Keras optimizer passes its
+        variables, so that anything else that moved them is seen), otherwise those kept in the state."""
         gradients = list(gradients)
-        x = list(state.params)
+        x = list(state.params) if params is None else [tf.convert_to_tensor(p) for p in params]
         learned_deltas, learned_state = self.learned.step(gradients, state.learned, loss)
         guard_deltas, guard_state = self.guard.step(gradients, state.guard, loss)
         candidates = ([p + d for p, d in zip(x, learned_deltas)], [p + d for p, d in zip(x, guard_deltas)])

@@ -1,0 +1,244 @@
+"""l2o_tf.load, LearnedOptimizer in model.fit, and GuardedModel: against the update rules run directly."""
+import os
+import sys
+import types
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import l2o_tf
+from l2o_tf import datasets
+from l2o_tf import keras_step
+from l2o_tf import models
+from l2o_tf import networks
+from l2o_tf import optimizers
+from l2o_tf import rules
+
+ORIGINAL = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference", "original_models")
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+BATCH = 128
+
+
+def require_shared(path):
+    if os.path.exists(path):
+        return path
+    if os.environ.get("L2O_REQUIRE_SHARED") == "1":
+        pytest.fail(f"{path} is missing and L2O_REQUIRE_SHARED=1")
+    pytest.skip(f"{path} not present")
+
+
+@pytest.fixture(scope="module")
+def data():
+    sample = datasets.embedded_sample("train")
+    return sample.images.reshape(-1, 784)[:6 * BATCH], sample.labels[:6 * BATCH]
+
+
+def mlp(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((784,)), keras.layers.Dense(20, activation="sigmoid"),
+                             keras.layers.Dense(10)])
+
+
+def weights(model):
+    return [v.numpy().copy() for v in model.trainable_variables]
+
+
+def batches(data, steps):
+    x, y = data
+    return [(x[i * BATCH:(i + 1) * BATCH], y[i * BATCH:(i + 1) * BATCH]) for i in range(steps)]
+
+
+def direct_weights(rule, data, steps):
+    """The same model trained by the rule through keras_step.apply_update, step by step: weights after each."""
+    model = mlp()
+    variables = model.trainable_variables
+    state = rule.initial_state(variables)
+    after = []
+    for x, y in batches(data, steps):
+        with tf.GradientTape() as tape:
+            loss = LOSS(y, model(x))
+        state = keras_step.apply_update(rule, tape.gradient(loss, variables), variables, state)
+        after.append(weights(model))
+    return after
+
+
+# -- l2o_tf.load ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", models.SHIPPED)
+def test_every_shipped_model_loads_and_is_the_original_file(name):
+    rule = l2o_tf.load(name)
+    assert isinstance(rule, networks.RNNprop if name.startswith("rnnprop") else networks.CoordinateWiseDeepLSTM)
+    key = "rp" if name.startswith("rnnprop") else "cw"
+    original = require_shared(os.path.join(ORIGINAL, name, f"{key}.l2l-0"))
+    with open(original, "rb") as a, open(models.shipped_path(name), "rb") as b:
+        assert a.read() == b.read()
+
+
+def test_load_takes_a_file_or_a_directory_and_says_what_is_wrong(tmp_path):
+    cell = l2o_tf.load("rnnprop", beta1=0.9)
+    assert cell.beta1 == 0.9
+    networks.save(cell, str(tmp_path / "run"))
+    for where in (tmp_path / "run", tmp_path / "run" / "rp.l2l-0"):
+        loaded = l2o_tf.load(where)
+        assert loaded.beta1 == 0.9
+        for a, b in zip(loaded.get_weights(), cell.get_weights()):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(models.ModelNotFoundError, match="neither a shipped model"):
+        l2o_tf.load("dm_cl_il_v2")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(models.ModelNotFoundError, match="no cw.l2l-0"):
+        l2o_tf.load(tmp_path / "empty")
+
+
+def test_a_tensorflow_checkpoint_goes_to_l2o_scale_load(tmp_path, monkeypatch):
+    (tmp_path / "scale").mkdir()
+    (tmp_path / "scale" / "checkpoint").write_text('model_checkpoint_path: "model.ckpt-0"\n')
+    (tmp_path / "model.ckpt-0.index").write_bytes(b"")
+    calls = []
+    fake = types.ModuleType("l2o_scale")
+    fake.load = lambda path, **overrides: calls.append((path, overrides)) or "scale rule"
+    monkeypatch.setitem(sys.modules, "l2o_scale", fake)
+    assert l2o_tf.load(tmp_path / "scale") == "scale rule"
+    assert l2o_tf.load(str(tmp_path / "model.ckpt-0")) == "scale rule"
+    assert l2o_tf.load(str(tmp_path / "model.ckpt-0.index")) == "scale rule"
+    assert calls == [(str(tmp_path / "scale"), {}), (str(tmp_path / "model.ckpt-0"), {}),
+                     (str(tmp_path / "model.ckpt-0"), {})]
+    monkeypatch.setitem(sys.modules, "l2o_scale", types.ModuleType("l2o_scale"))
+    with pytest.raises(models.ModelNotFoundError, match="no load"):
+        l2o_tf.load(tmp_path / "scale")
+
+
+# -- LearnedOptimizer ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["dm_cl_il", "rnnprop"])
+def test_fit_equals_the_rule_run_directly_step_for_step(data, name):
+    steps = 4
+    model = mlp()
+    model.compile(optimizer=l2o_tf.LearnedOptimizer(name), loss=LOSS)
+    fitted = []
+    for x, y in batches(data, steps):  # one fit call per batch: the state also survives fit being called again
+        model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+        fitted.append(weights(model))
+    for got, want in zip(fitted, direct_weights(l2o_tf.load(name), data, steps)):
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert int(model.optimizer.iterations) == steps
+
+
+def test_fit_lowers_the_loss(data):
+    model = mlp()
+    model.compile(optimizer=l2o_tf.LearnedOptimizer("dm_cl_il"), loss=LOSS)
+    history = model.fit(*data, batch_size=BATCH, epochs=4, shuffle=False, verbose=0).history["loss"]
+    assert history[-1] < 0.5 * history[0]
+
+
+def test_save_and_restore_mid_training_continues_identically(data, tmp_path):
+    x, y = data
+    model = mlp()
+    model.compile(optimizer=l2o_tf.LearnedOptimizer("rnnprop"), loss=LOSS)
+    model.fit(x[:3 * BATCH], y[:3 * BATCH], batch_size=BATCH, shuffle=False, verbose=0)
+    model.save(tmp_path / "mid.keras")
+    restored = keras.models.load_model(tmp_path / "mid.keras")
+    assert isinstance(restored.optimizer, l2o_tf.LearnedOptimizer)
+    for a, b in zip(restored.optimizer.variables, model.optimizer.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    for m in (model, restored):
+        m.fit(x[3 * BATCH:], y[3 * BATCH:], batch_size=BATCH, shuffle=False, verbose=0)
+    for a, b in zip(weights(restored), weights(model)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_rule_object_and_bad_uses_are_clear_errors(data):
+    model = mlp()
+    model.compile(optimizer=l2o_tf.LearnedOptimizer(optimizers.Adagrad(0.1)), loss=LOSS)
+    model.fit(*batches(data, 1)[0], batch_size=BATCH, verbose=0)
+    np.testing.assert_allclose(model.optimizer.variables[-1].numpy(),  # Adagrad's accumulator: 0.1 + g^2
+                               0.1 + np.square(np.concatenate([g.ravel() for g in _gradients(data)])), rtol=1e-4)
+    with pytest.raises(models.ModelNotFoundError):
+        l2o_tf.LearnedOptimizer("no_such_model")
+    with pytest.raises(l2o_tf.keras_optimizer.KerasOptimizerError, match="clipnorm"):
+        l2o_tf.LearnedOptimizer("dm", clipnorm=1.0)
+    with pytest.raises(l2o_tf.keras_optimizer.KerasOptimizerError, match="LearnedOptimizer"):
+        l2o_tf.GuardedModel(mlp()).compile(optimizer=keras.optimizers.Adam(), loss=LOSS)
+
+
+def _gradients(data):
+    model = mlp()
+    x, y = batches(data, 1)[0]
+    with tf.GradientTape() as tape:
+        loss = LOSS(y, model(x))
+    return [g.numpy() for g in tape.gradient(loss, model.trainable_variables)]
+
+
+# -- GuardedModel -------------------------------------------------------------------------------------------------
+
+class Ascent(rules.CoordinatewiseRule):
+    """A 'learned' optimizer that climbs: delta = +lr g. Any sane guard must refuse every one of its steps."""
+
+    def flat_initial_state(self, n):
+        return ()
+
+    def flat_step(self, gradient, state):
+        return 0.5 * gradient, state
+
+
+def guarded_fit(data, learned, steps, **guard):
+    model = l2o_tf.GuardedModel(mlp(), **guard)
+    model.compile(optimizer=l2o_tf.LearnedOptimizer(learned), loss=LOSS)
+    x, y = data
+    history = model.fit(x[:steps * BATCH], y[:steps * BATCH], batch_size=BATCH, shuffle=False, verbose=0).history
+    return model, history
+
+
+def test_lgl2o_refuses_a_climbing_optimizer_and_is_then_plain_sgd(data):
+    steps = 3
+    model, history = guarded_fit(data, Ascent(), steps, guard="lgl2o", guard_learning_rate=0.5)
+    assert history["learned_step"] == [0.0]
+    assert float(model.optimizer.rule.record(model.optimizer.state)) == 0.0
+    for a, b in zip(weights(model), direct_weights(optimizers.SGD(0.5), data, steps)[-1]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_lgl2o_keeps_a_learned_optimizer_that_beats_a_useless_guard(data):
+    # a guard with a tiny learning rate barely moves: the learned step is lower on every batch and is always taken,
+    # so the run equals the unguarded one
+    steps = 3
+    model, history = guarded_fit(data, "dm_cl_il", steps, guard="lgl2o", guard_learning_rate=1e-6)
+    assert history["learned_step"] == [1.0]
+    for a, b in zip(weights(model), direct_weights(l2o_tf.load("dm_cl_il"), data, steps)[-1]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("learned", ["dm", "dm_cl_il"])
+def test_gl2o_first_step_against_a_hand_computation(data, learned):
+    # mu_0 = |g(x_0)|; the learned candidate x_0 + d is taken iff |g(x_0 + d)| < 0.99 mu_0 on the same batch
+    model, history = guarded_fit(data, learned, 1, guard="gl2o", guard_learning_rate=0.5)
+    x, y = batches(data, 1)[0]
+    reference = mlp()
+    variables = reference.trainable_variables
+
+    def gradient_norm():
+        with tf.GradientTape() as tape:
+            loss = LOSS(y, reference(x))
+        return float(tf.linalg.global_norm(tape.gradient(loss, variables)))
+
+    mu = gradient_norm()
+    rule = l2o_tf.load(learned)
+    keras_step.apply_update(rule, _gradients(data), variables, rule.initial_state(variables))
+    accept = gradient_norm() < 0.99 * mu
+    assert history["learned_step"] == [float(accept)]
+    want = weights(reference) if accept else direct_weights(optimizers.SGD(0.5), data, 1)[-1]
+    for a, b in zip(weights(model), want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    mu_after = 0.1 * gradient_norm() + 0.9 * mu if accept else mu
+    np.testing.assert_allclose(float(model.optimizer.state.mu[0]), mu_after, rtol=1e-5)
+
+
+def test_guarded_fit_with_gl2o_every_2_and_an_adam_guard_runs_and_records(data):
+    model, history = guarded_fit(data, "dm", 4, guard="gl2o", guard_optimizer="adam", guard_learning_rate=0.01,
+                                 guard_every=2, mu_update="max")
+    assert 0.0 <= history["learned_step"][0] <= 1.0
+    assert history["learned_step"][0] in (0.0, 0.5, 1.0)   # decided at steps 0 and 2, kept in between
+    assert np.isfinite(history["loss"][0])
