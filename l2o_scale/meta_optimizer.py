@@ -42,11 +42,26 @@ class TF1RMSProp(keras.optimizers.Optimizer):
         self.assign(mom, self.momentum * mom + lr * gradient / ops.sqrt(ms + self.epsilon))
         self.assign_sub(variable, mom)
 
+    def slots(self, variable):
+        """(ms, mom) of `variable`: the original's `<name>/RMSProp` and `<name>/RMSProp_1`."""
+        index = self._get_variable_index(variable)
+        return self._mean_squares[index], self._moments[index]
+
     def get_config(self):
         return {**super().get_config(), "decay": self.decay, "momentum": self.momentum, "epsilon": self.epsilon}
 
 
-def sanitize(gradients, clip_level=CLIP_LEVEL):
-    """Non-finite entries to 0, then every entry clipped to [-clip_level, clip_level] (the original, §3.1)."""
+def sanitize(gradients, variables, clip_level=CLIP_LEVEL):
+    """Non-finite entries to 0, then every entry clipped to [-clip_level, clip_level] (the original, §3.1).
+
+    A missing gradient (a meta-parameter the objective does not reach) becomes zeros, as TF1 gave through its
+    `cond`s, so that every slot is updated alike."""
+    gradients = [tf.zeros(v.shape, tf.as_dtype(v.dtype)) if g is None else g for g, v in zip(gradients, variables)]
     return [tf.clip_by_value(tf.where(tf.math.is_finite(g), g, tf.zeros_like(g)), -clip_level, clip_level)
             for g in gradients]
+
+
+def apply_sanitized(optimizer, gradients, variables, clip_level=CLIP_LEVEL):
+    """Apply the sanitized gradients; the original always applies them, so this returns True."""
+    optimizer.apply_gradients(zip(sanitize(gradients, variables, clip_level), variables))
+    return tf.constant(True)

@@ -23,16 +23,16 @@ class Unroller:
     """Training unrolls (with their meta-update) and validation runs of an update-rule Keras layer on `problem`."""
 
     def __init__(self, problem, optimizer, meta_optimizer, second_derivatives=True, use_log_objective=True,
-                 use_numerator_epsilon=False, clip_level=meta_optimizer_lib.CLIP_LEVEL):
+                 use_numerator_epsilon=False, clip_level=meta_optimizer_lib.CLIP_LEVEL, l2_reg=0.0, variables=None):
         if not hasattr(problem, "batch_loss"):
             raise errors.UsageError(f"L2O-Scale meta-training needs a problem with a dataset, not {problem.name!r}")
         self.problem, self.optimizer, self.meta_optimizer = problem, optimizer, meta_optimizer
         self.second_derivatives = bool(second_derivatives)
         self.use_log_objective, self.use_numerator_epsilon = bool(use_log_objective), bool(use_numerator_epsilon)
-        self.clip_level = float(clip_level)
+        self.clip_level, self.l2_reg = float(clip_level), float(l2_reg)
         if not optimizer.built:
             optimizer.build()
-        self.variables = list(optimizer.trainable_variables)
+        self.variables = list(optimizer.trainable_variables if variables is None else variables)
         meta_optimizer.build(self.variables)
         self._train = tf.function(self._train_unroll, reduce_retracing=True)
         self._subset_loss = tf.function(self.subset_loss, reduce_retracing=True)
@@ -90,19 +90,22 @@ class Unroller:
         """The sanitized meta-gradient of one unroll (zeros for unconnected meta-parameters), for tests and tools."""
         with tf.GradientTape() as tape:
             objective, _, _, _ = self.forward(params, state, subset, batches, initial_objective)
-        return self._sanitized(tape.gradient(objective, self.variables))
+            objective = self._with_l2(objective)
+        return meta_optimizer_lib.sanitize(tape.gradient(objective, self.variables), self.variables, self.clip_level)
 
     def _train_unroll(self, params, state, subset, batches, initial_objective):
         with tf.GradientTape() as tape:
             objective, objectives, params, state = self.forward(params, state, subset, batches, initial_objective)
-        gradients = self._sanitized(tape.gradient(objective, self.variables))
-        self.meta_optimizer.apply_gradients(zip(gradients, self.variables))
+            regularised = self._with_l2(objective)
+        meta_optimizer_lib.apply_sanitized(self.meta_optimizer, tape.gradient(regularised, self.variables),
+                                           self.variables, self.clip_level)
         return params, state, objectives, objective
 
-    def _sanitized(self, gradients):
-        gradients = [tf.zeros(v.shape, tf.as_dtype(v.dtype)) if g is None else g
-                     for g, v in zip(gradients, self.variables)]
-        return meta_optimizer_lib.sanitize(gradients, self.clip_level)
+    def _with_l2(self, objective):
+        """The objective the meta-optimizer minimises: plus --l2_reg times the squared meta-parameters (0: none)."""
+        if not self.l2_reg:
+            return objective
+        return objective + self.l2_reg * tf.add_n([tf.reduce_sum(tf.square(v)) for v in self.variables])
 
     # -- validation ---------------------------------------------------------------------------------------------
     def final_loss(self, params, state, subset, batches):

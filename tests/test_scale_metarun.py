@@ -101,8 +101,10 @@ def test_tf1_rmsprop_defaults_are_the_originals():
 
 def test_sanitize_zeroes_non_finite_and_clips_each_element():
     g = tf.constant([np.nan, np.inf, -np.inf, 2e4, -3e4, 5.0, -1e4])
-    (got,) = meta_optimizer.sanitize([g], 1e4)
+    variables = [tf.Variable(tf.zeros([7])), tf.Variable(tf.ones([2, 3]))]
+    got, missing = meta_optimizer.sanitize([g, None], variables, 1e4)
     np.testing.assert_array_equal(got.numpy(), [0, 0, 0, 1e4, -1e4, 5.0, -1e4])
+    np.testing.assert_array_equal(missing.numpy(), np.zeros([2, 3]))
 
 
 # -- §3.2 unroll plans ---------------------------------------------------------------------------------------------
