@@ -34,7 +34,20 @@ class DataFormatError(DataError):
     """A data file exists but is corrupt, truncated or not what its name says; the message names the file."""
 
 
-Dataset = collections.namedtuple("Dataset", ["images", "labels", "source"])
+SAMPLE_SOURCE = "embedded sample"  # how Dataset.source starts for the embedded MNIST sample
+
+
+class Dataset(collections.namedtuple("Dataset", ["images", "labels", "source"])):
+    """A loaded split; `source` says where it came from (a directory, TFDS, or the embedded sample)."""
+
+    __slots__ = ()
+
+    @property
+    def is_sample(self):
+        """Whether this is the embedded MNIST sample rather than a full data set: results on it are not the paper's."""
+        return self.source.startswith(SAMPLE_SOURCE)
+
+
 NAMES = ("mnist", "fashion_mnist", "cifar10")
 # The dataset behind each optimizee problem of the paper (None: the problem needs no data).
 PROBLEM_DATASETS = {"quadratic": None, "mnist": "mnist", "mnist_relu": "mnist", "mnist_deeper": "mnist",
@@ -81,8 +94,10 @@ def load(name: str, split: str, data_dir: str | None = None, download: bool = Fa
     images after the first 5000 (the original's validation set, dropped for Fashion-MNIST too); CIFAR-10 train is
     the 50,000 images of data_batch_1..5. Sources, in order: prepared TFDS data in ``data_dir`` (else
     $TFDS_DATA_DIR, else ~/tensorflow_datasets); raw files in ``data_dir`` and $L2O_DATA_DIR (and their
-    sub-directory named after the dataset); a TFDS download if ``download``; for MNIST, the embedded sample of
-    real MNIST (3000 train images from the 55,000 and 2000 test images, 300 / 200 per class).
+    sub-directory named after the dataset); a TFDS download if ``download``; for MNIST, and only when no data
+    location was given (no ``data_dir``, no $L2O_DATA_DIR), the embedded sample of real MNIST (3000 train images
+    from the 55,000 and 2000 test images, 300 / 200 per class; ``Dataset.is_sample``). A location that was given
+    but lacks the data is an error: a typo must not silently turn into a run on the sample.
     """
     if name not in NAMES:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(NAMES)}")
@@ -105,10 +120,31 @@ def _load_cached(name, split, raw_dirs, tfds_dir, download):
     if not found and download:
         found = _from_tfds_download(name, split, tfds_dir, tried)
     if not found and name == "mnist":
-        found = _from_embedded_sample(split, tried)
+        if raw_dirs:
+            tried.append("embedded MNIST sample: not used, since a data location was given (it is used only "
+                         "without --data_dir and $L2O_DATA_DIR)")
+        else:
+            found = _from_embedded_sample(split, tried)
     if not found:
         raise DataNotFoundError(_not_found_message(name, split, tried, tfds_dir))
-    images, labels, source = found
+    return _as_dataset(name, split, *found)
+
+
+@functools.lru_cache(maxsize=len(SPLITS))
+def embedded_sample(split: str) -> Dataset:
+    """Split "train" or "test" of the embedded MNIST sample itself, whatever data is configured (for tests and
+    quick experiments; `load` falls back to it only when no data location is given)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    tried = []
+    found = _from_embedded_sample(split, tried)
+    if not found:
+        raise DataNotFoundError(tried[0])
+    return _as_dataset("mnist", split, *found)
+
+
+def _as_dataset(name, split, images, labels, source):
+    """Float32 images in [0, 1] and int32 labels, read-only, as the original's readers scaled them."""
     images = images.astype(np.float32)
     if name == "cifar10":
         images /= np.float32(255)  # as the original CIFAR reader
@@ -366,4 +402,4 @@ def _from_embedded_sample(split, tried):
     logging.warning("datasets: using the embedded sample of real MNIST (%d %s images), NOT the full data set; for "
                     "the full data put the MNIST IDX .gz files in a directory and pass --data_dir=DIR or set "
                     "$L2O_DATA_DIR=DIR (or pass --download with network access).", len(images), split)
-    return images[..., None], labels, f"embedded sample of MNIST ({len(images)} images)"
+    return images[..., None], labels, f"{SAMPLE_SOURCE} of MNIST ({len(images)} images)"

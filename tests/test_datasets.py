@@ -8,9 +8,8 @@ import time
 import numpy as np
 import pytest
 
+from conftest import require_shared
 from l2o_tf import datasets
-
-REAL_MNIST = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist")
 
 
 @pytest.fixture(autouse=True)
@@ -293,21 +292,43 @@ def test_download_while_offline_fails_fast(tmp_path, monkeypatch):
     assert calls == [(("www.cs.toronto.edu", 443), 3.0)]
 
 
-def test_embedded_sample(tmp_path):
+def test_embedded_sample_only_when_no_data_location_is_given(tmp_path):
     assert os.path.getsize(datasets.SAMPLE_PATH) <= 2 * 1024 * 1024
     for split, per_class in (("train", 300), ("test", 200)):
-        data = datasets.load("mnist", split, data_dir=str(tmp_path))
+        data = datasets.load("mnist", split)  # no data_dir, no $L2O_DATA_DIR (the fixture unsets it)
         assert data.images.shape == (10 * per_class, 28, 28, 1) and data.images.dtype == np.float32
         assert data.labels.dtype == np.int32
         np.testing.assert_array_equal(np.bincount(data.labels, minlength=10), [per_class] * 10)
         assert float(data.images.min()) == 0.0 and float(data.images.max()) == 1.0
         assert 0.1 < float(data.images.mean()) < 0.15  # MNIST's mean pixel is about 0.13
-        assert "embedded sample" in data.source
+        assert data.is_sample and data.source.startswith(datasets.SAMPLE_SOURCE)
+        explicit = datasets.embedded_sample(split)
+        assert explicit.is_sample
+        np.testing.assert_array_equal(explicit.images, data.images)
+        np.testing.assert_array_equal(explicit.labels, data.labels)
+    write_mnist(tmp_path / "full")
+    assert not datasets.load("mnist", "test", data_dir=str(tmp_path / "full")).is_sample
 
 
-def test_no_embedded_sample_for_cifar(tmp_path):
+@pytest.mark.parametrize("how", ["data_dir", "env"])
+def test_a_given_location_without_the_data_is_an_error_not_the_sample(tmp_path, monkeypatch, how):
+    typo = tmp_path / "mnsit"
+    if how == "env":
+        monkeypatch.setenv("L2O_DATA_DIR", str(typo))
+    with pytest.raises(datasets.DataNotFoundError) as info:
+        datasets.load("mnist", "train", data_dir=str(typo) if how == "data_dir" else None)
+    message = str(info.value)
+    origin = "data_dir" if how == "data_dir" else "$L2O_DATA_DIR"
+    assert f"raw files in {typo} ({origin}): no such directory" in message
+    assert "embedded MNIST sample: not used, since a data location was given" in message
+    (tmp_path / "empty").mkdir()  # an existing directory without the files: the same, naming the files looked for
+    with pytest.raises(datasets.DataNotFoundError, match="no train-images-idx3-ubyte"):
+        datasets.load("mnist", "train", data_dir=str(tmp_path / "empty"))
+
+
+def test_no_embedded_sample_for_cifar():
     with pytest.raises(datasets.DataNotFoundError):
-        datasets.load("cifar10", "test", data_dir=str(tmp_path))
+        datasets.load("cifar10", "test")
 
 
 def test_unknown_name_or_split():
@@ -317,12 +338,13 @@ def test_unknown_name_or_split():
         datasets.load("mnist", "validation")
 
 
-@pytest.mark.skipif(not os.path.isdir(REAL_MNIST), reason=f"real MNIST not present at {REAL_MNIST}")
 def test_real_mnist_and_sample_provenance():
-    train = datasets.load("mnist", "train", data_dir=REAL_MNIST)
-    test = datasets.load("mnist", "test", data_dir=REAL_MNIST)
+    real_mnist = require_shared("data", "mnist")
+    train = datasets.load("mnist", "train", data_dir=real_mnist)
+    test = datasets.load("mnist", "test", data_dir=real_mnist)
     assert train.images.shape == (55000, 28, 28, 1) and test.images.shape == (10000, 28, 28, 1)
-    with gzip.open(os.path.join(REAL_MNIST, "train-labels-idx1-ubyte.gz")) as f:
+    assert not train.is_sample and "IDX files" in train.source
+    with gzip.open(os.path.join(real_mnist, "train-labels-idx1-ubyte.gz")) as f:
         raw_labels = np.frombuffer(f.read(), np.uint8, offset=8)
     assert train.labels[0] == raw_labels[5000]
     np.testing.assert_array_equal(train.labels, raw_labels[5000:])

@@ -1,18 +1,16 @@
 """A learned optimizer dropped into a plain Keras model's training."""
-import os
 
 import keras
 import numpy as np
-import pytest
 import tensorflow as tf
 
+from conftest import require_shared
 from l2o_tf import datasets
 from l2o_tf import keras_step
 from l2o_tf import networks
 from l2o_tf import optimizers
 from l2o_tf import rules
 
-ORIGINAL = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference", "original_models")
 
 
 def mlp():
@@ -53,7 +51,7 @@ def test_sgd_through_apply_update_is_plain_sgd():
 
 
 def mnist_sample():
-    sample = datasets.load("mnist", "train", data_dir=os.devnull)  # the embedded sample when nothing else is there
+    sample = datasets.embedded_sample("train")
     return sample.images.reshape(-1, 784), sample.labels
 
 
@@ -66,9 +64,7 @@ def test_adam_through_apply_update_trains_a_keras_mlp():
 
 
 def test_the_imported_dm_cl_il_trains_a_keras_mlp():
-    path = os.path.join(ORIGINAL, "dm_cl_il", "cw.l2l-0")
-    if not os.path.exists(path):
-        pytest.skip("original trained models not present")
+    path = require_shared("reference", "original_models", "dm_cl_il", "cw.l2l-0")
     keras.utils.set_random_seed(0)
     losses = train(networks.load(path), mlp(), *mnist_sample(), steps=150)
     assert np.mean(losses[-20:]) < 0.6 * np.mean(losses[:5])

@@ -7,16 +7,13 @@ import pytest
 import keras
 import tensorflow as tf
 
+from conftest import require_shared
 from l2o_tf import networks
-
-ORIGINAL = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference", "original_models")
 
 
 def original_file(model):
-    path = os.path.join(ORIGINAL, model, ("rp" if model.startswith("rnnprop") else "cw") + ".l2l-0")
-    if not os.path.exists(path):
-        pytest.skip(f"original trained models not present at {ORIGINAL}")
-    return path
+    return require_shared("reference", "original_models", model,
+                          ("rp" if model.startswith("rnnprop") else "cw") + ".l2l-0")
 
 
 # -- independent numpy reference (float64), written from the spec's formulas ------------------------------------

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 import l2o_scale
+from conftest import require_shared
 from l2o_scale import checkpoint
 from l2o_scale import hierarchical_rnn
 from l2o_tf import errors
@@ -22,10 +23,7 @@ SHAPES = [(6, 3), (3,), (3, 2), (2,)]  # a small MLP's tensors, in problem order
 
 
 def require_original():
-    if not os.path.exists(os.path.join(ORIGINAL, "model.ckpt-0.index")):
-        if os.environ.get("L2O_REQUIRE_SHARED") == "1":
-            pytest.fail(f"the original L2O-Scale checkpoint is required but missing at {ORIGINAL}")
-        pytest.skip(f"the original L2O-Scale checkpoint is not present at {ORIGINAL}")
+    require_shared("reference", "original_models", "scale_cl_il", "model.ckpt-0.index")
     return os.path.join(ORIGINAL, "model.ckpt-0")
 
 
