@@ -10,8 +10,10 @@ RUNS=${RUNS:-runs}
 VARIANTS=${VARIANTS:-"dm dm_aug dm_cl dm_il dm_cl_il rnnprop rnnprop_cl_il"}
 PROBLEMS=${PROBLEMS:-"mnist mnist_relu mnist_deeper mnist_conv cifar_conv lenet nas"}
 STEPS=${STEPS:-10000}
+ADAM_LR=${ADAM_LR:-0.01}  # or the rate `python -m l2o_tf.tune_baselines --optimizers=Adam` chose
 data=()
 [ -n "${DATA_DIR:-}" ] && data=(--data_dir="$DATA_DIR")
+python -m l2o_tf.plot --check  # plotting needs matplotlib: fail now, not hours from now
 
 for variant in $VARIANTS; do
   net=dm; [[ $variant == rnnprop* ]] && net=rnnprop
@@ -26,8 +28,8 @@ for problem in $PROBLEMS; do
     python -m "l2o_tf.evaluate_$net" --optimizer=L2L --path="$RUNS/$variant/$key.l2l-0" --problem="$problem" \
       --num_steps="$STEPS" --seed=2 --output_path="$RUNS/eval/$variant" "${data[@]}"
   done
-  python -m l2o_tf.evaluate_dm --optimizer=Adam --learning_rate=0.01 --problem="$problem" --num_steps="$STEPS" \
+  python -m l2o_tf.evaluate_dm --optimizer=Adam --learning_rate="$ADAM_LR" --problem="$problem" --num_steps="$STEPS" \
     --seed=2 --output_path="$RUNS/eval/adam" "${data[@]}"
-  python tools/plot_losses.py --output="$RUNS/eval/$problem.png" --title="$problem" \
+  python -m l2o_tf.plot --output="$RUNS/eval/$problem.png" --title="$problem" \
     $(for v in $VARIANTS adam; do ls "$RUNS"/eval/$v/*_eval_loss_record.pickle-"$problem" 2>/dev/null | sed "s|^|$v=|"; done)
 done

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 import l2o_tf
+from conftest import require_shared
 from l2o_tf import datasets
 from l2o_tf import keras_step
 from l2o_tf import models
@@ -16,17 +17,8 @@ from l2o_tf import networks
 from l2o_tf import optimizers
 from l2o_tf import rules
 
-ORIGINAL = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference", "original_models")
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 BATCH = 128
-
-
-def require_shared(path):
-    if os.path.exists(path):
-        return path
-    if os.environ.get("L2O_REQUIRE_SHARED") == "1":
-        pytest.fail(f"{path} is missing and L2O_REQUIRE_SHARED=1")
-    pytest.skip(f"{path} not present")
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +63,7 @@ def test_every_shipped_model_loads_and_is_the_original_file(name):
     rule = l2o_tf.load(name)
     assert isinstance(rule, networks.RNNprop if name.startswith("rnnprop") else networks.CoordinateWiseDeepLSTM)
     key = "rp" if name.startswith("rnnprop") else "cw"
-    original = require_shared(os.path.join(ORIGINAL, name, f"{key}.l2l-0"))
+    original = require_shared("reference", "original_models", name, f"{key}.l2l-0")
     with open(original, "rb") as a, open(models.shipped_path(name), "rb") as b:
         assert a.read() == b.read()
 

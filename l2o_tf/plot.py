@@ -1,0 +1,174 @@
+"""Plot loss records as the paper's figures: ln(training loss) against the iteration, a panel per optimizee.
+
+    python -m l2o_tf.plot --output=docs/guards.png dm='runs/*/dm/seed*/*' sgd='runs/*/sgd/seed*/*'
+
+Each argument is LABEL=PATTERN: the loss records (`<optimizer>_eval_loss_record.pickle-<problem>` or its `.npz`, as
+the evaluation harness, tune_baselines and run_all.sh write them) that PATTERN matches (a glob; quote it). Records
+are grouped by problem (one panel each, named by the file's `-<problem>` suffix) and label; the several records of
+one label in one panel are seeds: the line is the mean over seeds of ln(loss) (each seed's loss smoothed over
+`--smooth` steps first), the band one standard deviation. Writes the PNG (`--output`) and a PDF beside it.
+Needs matplotlib (`pip install -e ".[plot]"`); without it the command stops at once with one line
+(`--check` does only that check: run_all.sh calls it before hours of work).
+"""
+import glob
+import os
+import pickle
+import sys
+
+import numpy as np
+from absl import app
+from absl import flags
+
+from l2o_tf import cli
+from l2o_tf import errors
+from l2o_tf import fileio
+
+FLAGS = flags.FLAGS
+RECORD_MARK = "_eval_loss_record.pickle-"
+
+
+class PlotError(errors.UsageError):
+    """Bad plot arguments or unreadable records."""
+
+
+def define_flags():
+    """The flags, listed by `--help` with the project's others (hence `module_name`)."""
+    listed = {"module_name": cli.__name__}
+    flags.DEFINE_string("output", None, "PNG file to write (a PDF is written beside it).", **listed)
+    flags.DEFINE_string("title", "", "Figure title.", **listed)
+    flags.DEFINE_integer("smooth", 50, "Moving-average window over steps, applied to each seed's loss before ln.",
+                         **listed)
+    flags.DEFINE_bool("check", False, "Only check that matplotlib is installed (exit 2 with one line if not).",
+                      **listed)
+
+
+def require_matplotlib():
+    try:
+        import matplotlib  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    except ImportError:
+        raise PlotError('plotting needs matplotlib, which is not installed: pip install -e ".[plot]" (or pip '
+                        'install matplotlib)') from None
+
+
+def parse_series(arguments):
+    """[(label, [paths])] from LABEL=PATTERN arguments, in the order given; every pattern must match a record."""
+    series = []
+    for argument in arguments:
+        label, sep, pattern = argument.partition("=")
+        if not sep or not label or not pattern:
+            raise PlotError(f"expected LABEL=PATTERN, got {argument!r}")
+        paths = sorted(p for p in glob.glob(pattern) if RECORD_MARK in os.path.basename(p))
+        paths = _prefer_npz(paths)
+        if not paths:
+            raise PlotError(f"{label}: no loss record (*{RECORD_MARK}<problem>[.npz]) matches {pattern!r}")
+        series.append((label, paths))
+    if not series:
+        raise PlotError("give at least one LABEL=PATTERN of loss records")
+    return series
+
+
+def _prefer_npz(paths):
+    """A record and its .npz twin hold the same losses: keep one of each pair."""
+    chosen = set(paths)
+    return [p for p in paths if not (not p.endswith(".npz") and p + ".npz" in chosen)]
+
+
+def problem_of(path):
+    name = os.path.basename(path).split(RECORD_MARK, 1)[1]
+    return name[:-len(".npz")] if name.endswith(".npz") else name
+
+
+def read_losses(path):
+    """The float64 losses of a record: the original pickle (a list of floats) or our .npz (`losses`)."""
+    try:
+        if path.endswith(".npz"):
+            with np.load(path, allow_pickle=False) as data:
+                losses = data["losses"]
+        else:
+            with open(path, "rb") as f:
+                losses = fileio.RestrictedUnpickler(f, what="a loss record").load()
+        losses = np.asarray(losses, np.float64).ravel()
+    except (OSError, ValueError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as e:
+        raise PlotError(f"{path}: not a readable loss record ({type(e).__name__}: {e})") from None
+    if losses.size == 0:
+        raise PlotError(f"{path}: an empty loss record")
+    return losses
+
+
+def smoothed_ln(losses, window):
+    """ln of the moving average of `losses` over `window` steps (shorter at the start), one value per step."""
+    window = max(1, min(int(window), len(losses)))
+    cumulative = np.concatenate([[0.0], np.cumsum(losses)])
+    steps = np.arange(1, len(losses) + 1)
+    start = np.maximum(steps - window, 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log((cumulative[steps] - cumulative[start]) / (steps - start))
+
+
+def curves(series, window):
+    """{problem: [(label, mean, std, number of seeds)]}: mean and std over seeds of the smoothed ln(loss), over the
+    steps every seed has."""
+    panels = {}
+    for label, paths in series:
+        by_problem = {}
+        for path in paths:
+            by_problem.setdefault(problem_of(path), []).append(smoothed_ln(read_losses(path), window))
+        for problem, runs in by_problem.items():
+            length = min(len(r) for r in runs)
+            stacked = np.stack([r[:length] for r in runs])
+            panels.setdefault(problem, []).append((label, stacked.mean(axis=0), stacked.std(axis=0), len(runs)))
+    return panels
+
+
+def plot(panels, output, title=""):
+    """Draw the panels side by side; write `output` (PNG) and the PDF beside it; returns both paths."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    labels = list(dict.fromkeys(label for lines in panels.values() for label, *_ in lines))
+    colours = {label: f"C{i % 10}" for i, label in enumerate(labels)}
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+    for axis, (problem, lines) in zip(axes[0], panels.items()):
+        for label, mean, std, seeds in lines:
+            steps = np.arange(1, len(mean) + 1)
+            axis.plot(steps, mean, color=colours[label], linewidth=1.2,
+                      label=label if seeds == 1 else f"{label} ({seeds} seeds)")
+            if seeds > 1:
+                axis.fill_between(steps, mean - std, mean + std, color=colours[label], alpha=0.2, linewidth=0)
+        axis.set_title(problem)
+        axis.set_xlabel("iteration")
+        axis.grid(alpha=0.3)
+    axes[0][0].set_ylabel("ln(training loss)")
+    axes[0][0].legend(fontsize=8)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    pdf = os.path.splitext(output)[0] + ".pdf"
+    figure.savefig(output, dpi=110)
+    figure.savefig(pdf)
+    plt.close(figure)
+    return output, pdf
+
+
+def main(argv):
+    try:
+        require_matplotlib()
+        if FLAGS.check:
+            return
+        if not FLAGS.output:
+            raise PlotError("--output=FILE.png is required")
+        if FLAGS.smooth < 1:
+            raise PlotError(f"--smooth must be at least 1, got {FLAGS.smooth}")
+        panels = curves(parse_series(argv[1:]), FLAGS.smooth)
+        for path in plot(panels, FLAGS.output, FLAGS.title):
+            print(f"wrote {path}")
+    except errors.L2OError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    define_flags()
+    cli.print_help_if_asked(sys.argv)
+    app.run(main)

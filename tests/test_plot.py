@@ -1,0 +1,101 @@
+"""l2o_tf.plot: the seeds' mean and band against numpy, the files it writes, and its one-line errors."""
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from l2o_tf import fileio
+from l2o_tf import plot
+
+
+def write_record(directory, optimizer, problem, losses, npz=False):
+    path = os.path.join(directory, f"{optimizer}_eval_loss_record.pickle-{problem}")
+    fileio.atomic_save_pickle(path, [float(v) for v in losses])
+    if npz:
+        fileio.atomic_save_npz(path + ".npz", losses=np.asarray(losses, np.float32))
+    return path
+
+
+def test_smoothed_ln_is_the_log_of_the_moving_average():
+    losses = np.array([4.0, 2.0, 6.0, 1.0, 3.0])
+    np.testing.assert_allclose(plot.smoothed_ln(losses, 2), np.log([4.0, 3.0, 4.0, 3.5, 2.0]))
+    np.testing.assert_allclose(plot.smoothed_ln(losses, 1), np.log(losses))
+
+
+def test_seeds_are_averaged_per_label_and_problem(tmp_path):
+    rng = np.random.default_rng(0)
+    seeds = [rng.uniform(0.1, 2.0, 30) for _ in range(3)]
+    for k, losses in enumerate(seeds):
+        write_record(tmp_path / "dm" / f"seed{k}", "L2L", "mnist", losses, npz=(k == 0))
+    write_record(tmp_path / "dm" / "seed0", "L2L", "mnist_relu", seeds[0][:20])
+    write_record(tmp_path / "sgd", "SGD", "mnist", seeds[1][:25])
+    series = plot.parse_series([f"dm={tmp_path}/dm/seed*/*", f"SGD={tmp_path}/sgd/*"])
+    assert [label for label, _ in series] == ["dm", "SGD"]
+    assert len(series[0][1]) == 4      # a record and its .npz twin count once
+    panels = plot.curves(series, window=5)
+    assert list(panels) == ["mnist", "mnist_relu"]
+    label, mean, std, count = panels["mnist"][0]
+    logs = np.stack([plot.smoothed_ln(s, 5) for s in seeds])
+    assert (label, count) == ("dm", 3)
+    np.testing.assert_allclose(mean, logs.mean(axis=0), rtol=1e-6)   # the npz holds float32: a tiny difference
+    np.testing.assert_allclose(std, logs.std(axis=0), rtol=1e-4, atol=1e-6)
+    assert panels["mnist"][1][0] == "SGD" and len(panels["mnist"][1][1]) == 25
+    assert [line[3] for line in panels["mnist_relu"]] == [1]
+
+
+def run_plot(*args, code=None):
+    script = ["-m", "l2o_tf.plot"] if code is None else ["-c", code]
+    result = subprocess.run([sys.executable, *script, *args], capture_output=True, text=True, timeout=120)
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_writes_png_and_pdf(tmp_path):
+    write_record(tmp_path / "a" / "seed0", "L2L", "mnist", np.linspace(2.0, 0.1, 200))
+    write_record(tmp_path / "a" / "seed1", "L2L", "mnist", np.linspace(2.2, 0.2, 200))
+    code, output = run_plot(f"--output={tmp_path}/figure.png", "--title=test", f"dm={tmp_path}/a/*/*")
+    assert code == 0, output
+    with open(tmp_path / "figure.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with open(tmp_path / "figure.pdf", "rb") as f:
+        assert f.read(5) == b"%PDF-"
+
+
+_WITHOUT_MATPLOTLIB = """
+import runpy, sys
+sys.modules["matplotlib"] = None   # as if it were not installed
+sys.argv = ["plot"] + sys.argv[1:]
+runpy.run_module("l2o_tf.plot", run_name="__main__")
+"""
+
+
+def test_missing_matplotlib_is_one_line_before_any_work(tmp_path):
+    # the pattern matches nothing: the matplotlib check must come first
+    code, output = run_plot(f"--output={tmp_path}/x.png", "a=/no/such/records/*", code=_WITHOUT_MATPLOTLIB)
+    assert code == 2
+    assert output.strip().splitlines() == [
+        'error: plotting needs matplotlib, which is not installed: pip install -e ".[plot]" (or pip install '
+        'matplotlib)']
+    code, output = run_plot("--check", code=_WITHOUT_MATPLOTLIB)
+    assert code == 2 and output.startswith("error: plotting needs matplotlib")
+    assert run_plot("--check")[0] == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["a=/no/such/*"], "no loss record"),
+    (["nolabel"], "LABEL=PATTERN"),
+    ([], "at least one"),
+])
+def test_bad_arguments_are_one_line_errors(tmp_path, args, message):
+    code, output = run_plot(f"--output={tmp_path}/x.png", *args)
+    assert code == 2
+    assert len(output.strip().splitlines()) == 1 and message in output
+
+
+def test_a_corrupt_record_is_a_clear_error(tmp_path):
+    path = tmp_path / "L2L_eval_loss_record.pickle-mnist"
+    path.write_bytes(pickle.dumps(os.system))   # a pickle naming a function: refused, not run
+    with pytest.raises(plot.PlotError, match="not a readable loss record"):
+        plot.read_losses(str(path))
