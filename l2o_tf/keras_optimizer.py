@@ -34,9 +34,9 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
     rule object) as a Keras optimizer. It has no learning rate: the learned update is added as it is."""
 
     def __init__(self, optimizer="dm_cl_il", name="learned_optimizer", **kwargs):
-        unsupported = sorted(set(kwargs) - {"learning_rate"})
-        if unsupported:
-            raise KerasOptimizerError(f"LearnedOptimizer does not support {', '.join(unsupported)}")
+        if kwargs:
+            raise KerasOptimizerError(f"LearnedOptimizer does not support {', '.join(sorted(kwargs))}: the learned "
+                                      "update is added as it is, to all variables at once")
         super().__init__(learning_rate=1.0, name=name)  # Keras requires one; the learned update has none
         if isinstance(optimizer, (str, os.PathLike)):
             self.source, self.rule = os.fspath(optimizer), models.load(optimizer)
