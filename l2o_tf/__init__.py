@@ -7,7 +7,7 @@ import importlib
 
 _SUBMODULES = ("config", "curriculum", "datasets", "errors", "evaluate", "fileio", "guards", "imitation",
                "keras_optimizer", "keras_step", "meta", "models", "networks", "optimizers", "original_pickle",
-               "problems", "rules", "training")
+               "problems", "rules", "self_improving", "training")
 # public names defined in a submodule: name -> module
 _EXPORTS = {"load": "models", "LearnedOptimizer": "keras_optimizer", "GuardedModel": "keras_optimizer"}
 

@@ -3,17 +3,23 @@
 It imports no TensorFlow: the entry point checks its flags and finds its data first, so bad input is reported
 within a second or two, and only then loads the modules that do the work.
 """
-import importlib
+import contextlib
+import dataclasses
+import json
 import os
+import re
 import sys
+import tempfile
 
 from absl import app
 from absl import flags
 from absl import logging
 
+from l2o_tf import config
 from l2o_tf import curriculum
 from l2o_tf import datasets
 from l2o_tf import errors
+from l2o_tf import original_pickle
 
 FLAGS = flags.FLAGS
 UsageError = errors.UsageError
@@ -22,14 +28,18 @@ BASELINES = ("Adam", "RMSProp", "SGD", "NAG", "Adagrad")
 
 def define_data_flags():
     flags.DEFINE_string("data_dir", None, "Directory with the raw dataset files (IDX .gz for MNIST, CIFAR-10 "
-                        "batches) or a prepared TFDS directory; defaults to $L2O_DATA_DIR.")
+                        "batches) or a prepared TFDS directory; defaults to $L2O_DATA_DIR. Without either, MNIST "
+                        "problems use a small embedded sample of MNIST (with a warning); a location given without "
+                        "the data is an error.")
     flags.DEFINE_bool("download", False, "Allow a TFDS download when no local data is found (needs network).")
 
 
 def define_evaluation_flags(rnnprop=False):
     """The original `evaluate_*.py` flags; `--optimizer` also takes the hand-designed baselines."""
-    flags.DEFINE_string("optimizer", "L2L", f"L2L (a learned optimizer from --path) or one of {', '.join(BASELINES)}.")
-    flags.DEFINE_string("problem", "mnist", "Optimizee problem (the original's default 'simple' is not a paper problem).")
+    flags.DEFINE_string("optimizer", "L2L", f"L2L (a learned optimizer from --path) or one of {', '.join(BASELINES)} "
+                        "(any case).")
+    flags.DEFINE_string("problem", "mnist", f"Optimizee problem: {', '.join(datasets.PROBLEM_DATASETS)} (the "
+                        "original's default 'simple' is not a paper problem).")
     flags.DEFINE_string("path", None, "Learned optimizer file, e.g. trained_models/dm/cw.l2l-0.")
     flags.DEFINE_string("output_path", "out", "Directory for the loss record.")
     flags.DEFINE_integer("num_epochs", 1, "Repeated runs; like the original, later epochs continue the trajectory.")
@@ -69,7 +79,10 @@ def define_training_flags(evaluation_period, mt_ratios, rnnprop=False):
     flags.DEFINE_string("auxiliary_optimizers", "adam,sgd,adagrad", "Self-improving auxiliaries.")
     flags.DEFINE_integer("auxiliary_decay_epochs", 100, "Epochs over which auxiliary probabilities decay to 0.")
     flags.DEFINE_integer("seed", None, "Seed of every random draw; none = a fresh one, logged and checkpointed.")
-    flags.DEFINE_integer("checkpoint_secs", 60, "Also checkpoint at the end of an epoch after this many seconds.")
+    flags.DEFINE_integer("checkpoint_secs", 60, "Also checkpoint at the end of an epoch after this many seconds "
+                         "(and always at each validation and on Ctrl-C).")
+    flags.DEFINE_string("tensorboard_dir", None, "Write meta-loss, imitation loss, validation cost, curriculum stage "
+                        "and seconds per epoch here as TensorBoard scalars.")
     if rnnprop:
         flags.DEFINE_float("beta1", 0.95, "RNNprop input feature beta1.")
         flags.DEFINE_float("beta2", 0.95, "RNNprop input feature beta2.")
@@ -79,6 +92,19 @@ def define_training_flags(evaluation_period, mt_ratios, rnnprop=False):
 def cell_flags():
     """The learned optimizer's config flags this entry point defines (RNNprop's --beta1, --beta2)."""
     return {name: FLAGS[name].value for name in ("beta1", "beta2") if name in FLAGS}
+
+
+def training_config(net):
+    """The training flags as a checked `config.TrainConfig` (no TensorFlow); a bad value is a `UsageError`."""
+    fields = {f.name for f in dataclasses.fields(config.TrainConfig)}
+    values = {name: FLAGS[name].value for name in fields if name in FLAGS}
+    values.update(net=net, cell=cell_flags(),
+                  num_steps_schedule=config.parse_schedule(FLAGS.num_steps_schedule),
+                  mt_ratios=config.parse_ratios(FLAGS.mt_ratios),
+                  optimizers=config.parse_names(FLAGS.optimizers),
+                  auxiliary_optimizers=config.parse_names(FLAGS.auxiliary_optimizers),
+                  checkpoint_secs=float(FLAGS.checkpoint_secs))
+    return config.TrainConfig(**values).validate()
 
 
 def positive(name, value):
@@ -96,13 +122,67 @@ def seed_or_random(seed):
 
 
 def check_problem_and_data(mode):
-    """Fail fast on an unknown --problem or missing data; the loaded split stays cached for the problem."""
+    """Fail fast on an unknown --problem or missing data; returns the loaded split (a `datasets.Dataset`, cached for
+    the problem; `.is_sample` and `.source` say where it came from), or None for a problem without data."""
     if FLAGS.problem not in datasets.PROBLEM_DATASETS:
         raise UsageError(f"unknown --problem={FLAGS.problem!r}: expected one of "
                          f"{', '.join(datasets.PROBLEM_DATASETS)}")
     name = datasets.PROBLEM_DATASETS[FLAGS.problem]
-    if name is not None:
-        datasets.load(name, mode, data_dir=FLAGS.data_dir, download=FLAGS.download)
+    if name is None:
+        return None
+    return datasets.load(name, mode, data_dir=FLAGS.data_dir, download=FLAGS.download)
+
+
+def evaluation_optimizer():
+    """--optimizer in its canonical spelling ("L2L", "Adam", ...): names are case-insensitive."""
+    names = {name.lower(): name for name in ("L2L",) + BASELINES}
+    if FLAGS.optimizer.lower() not in names:
+        raise UsageError(f"unknown --optimizer={FLAGS.optimizer!r}: expected L2L or one of {', '.join(BASELINES)} "
+                         "(any case)")
+    return names[FLAGS.optimizer.lower()]
+
+
+def check_evaluation_flags(net):
+    """Every check of the evaluation flags that needs no TensorFlow: names, counts, and the --path file itself
+    (a weights file of the `net` this entry point evaluates, "dm" or "rnnprop")."""
+    optimizer = evaluation_optimizer()
+    positive("num_steps", FLAGS.num_steps)
+    positive("num_epochs", FLAGS.num_epochs)
+    if optimizer != "L2L":
+        positive("learning_rate", FLAGS.learning_rate)
+        return
+    if not FLAGS.path:
+        raise UsageError("--optimizer=L2L needs --path, the learned optimizer file (e.g. .../cw.l2l-0)")
+    found = learned_optimizer_kind(FLAGS.path)
+    if found != net:
+        raise UsageError(f"{FLAGS.path} holds {_NET_DESCRIPTIONS[found]}, not {_NET_DESCRIPTIONS[net]}: "
+                         f"evaluate it with `python -m l2o_tf.evaluate_{found}`")
+
+
+_NET_DESCRIPTIONS = {"dm": "an L2O-DM optimizer (cw.l2l)", "rnnprop": "an RNNprop optimizer (rp.l2l)"}
+_NET_CLASS_NAMES = {"CoordinateWiseDeepLSTM": "dm", "RNNprop": "rnnprop"}  # networks.NETS, by class name
+
+
+def learned_optimizer_kind(path):
+    """ "dm" or "rnnprop": the learned optimizer a weights file holds, read without TensorFlow (its `.json` sidecar's
+    class if there is one, else RNNprop's input projection in the pickle). A missing, unsafe or malformed file is a
+    `WeightsFileError`; `networks.load` checks the rest (every variable and shape)."""
+    weights = original_pickle.read(path)
+    sidecar = path + ".json"
+    if os.path.exists(sidecar):
+        try:
+            with open(sidecar, encoding="utf-8") as f:
+                return _NET_CLASS_NAMES[json.load(f)["class_name"]]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise original_pickle.WeightsFileError(f"{sidecar}: not a valid l2o-tf config sidecar "
+                                                   f"({type(e).__name__}: {e})") from None
+    if "input_projection" in weights:
+        return "rnnprop"
+    if "lstm_1" not in weights:
+        raise original_pickle.WeightsFileError(
+            f"{path}: not an L2O-DM or RNNprop weights file (modules {', '.join(sorted(weights)) or 'none'}; "
+            "expected lstm_1, lstm_2, linear and, for RNNprop, input_projection)")
+    return "dm"
 
 
 def make_problem(mode):
@@ -111,17 +191,87 @@ def make_problem(mode):
     return problems.get(FLAGS.problem, mode=mode, data_dir=FLAGS.data_dir, download=FLAGS.download)
 
 
-def run(module, net, mode):
-    """Run `l2o_tf.<module>.main(net)` under absl after the fast checks; user errors end as one line, status 2."""
+def run(main, mode, check=None):
+    """Run `main()` under absl after the fast checks (`check()`, then --problem and its data, all before TensorFlow
+    is imported); user errors end as one line and status 2, an interrupted run as its resume line and status 130."""
 
-    def main(argv):
+    def absl_main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
         try:
-            check_problem_and_data(mode)
-            return importlib.import_module(f"l2o_tf.{module}").main(net)
+            if check is not None:
+                check()
+            data = check_problem_and_data(mode)
+            import_tensorflow(quiet=not FLAGS["verbosity"].present)
+            result = main()
+        except errors.Interrupted as e:
+            print(e, file=sys.stderr)
+            sys.exit(130)
         except errors.L2OError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
+        if data is not None and data.is_sample:  # announced at the start by datasets.load, and again here
+            logging.warning("this run used the %s, not the full data set: its results are not comparable with the "
+                            "paper's (give the data with --data_dir=DIR or $L2O_DATA_DIR)", data.source)
+        return result
 
-    app.run(main)
+    print_help_if_asked(sys.argv)
+    app.run(absl_main)
+
+
+_HELP_FLAGS = {"--help": False, "-?": False, "--helpshort": False, "-h": False, "--helpfull": True}
+
+
+def print_help_if_asked(argv):
+    """`--help` (`-h`, `-?`, `--helpshort`): the entry point's docstring and the project's flags; `--helpfull`: also
+    absl's own (--verbosity, --flagfile, ...). Exit status 0. (absl's own --help lists no flag of ours, since they
+    are defined here rather than in the main module, and exits 1.)"""
+    flag_args = argv[1:argv.index("--")] if "--" in argv else argv[1:]
+    asked = [_HELP_FLAGS[arg] for arg in flag_args if arg in _HELP_FLAGS]
+    if not asked:
+        return
+    doc = (sys.modules["__main__"].__doc__ or "").strip()
+    print(doc + "\n\nflags:")
+    print((FLAGS.get_help() if any(asked) else FLAGS.module_help(__name__)).rstrip())
+    if not any(asked):
+        print("\nabsl's own flags (--verbosity to show TensorFlow's start-up messages, --flagfile=FILE to read flags "
+              "from a file, e.g. configs/dm.flags): --helpfull")
+    sys.exit(0)
+
+
+# TensorFlow's start-up notices, printed to the C-level stderr before its logging is initialised (so
+# TF_CPP_MIN_LOG_LEVEL does not hide them): CUDA probing on a machine without a GPU, oneDNN and CPU-feature notes.
+_TF_NOISE = re.compile(r"All log messages before absl::InitializeLog|oneDNN custom operations|Could not find cuda "
+                       r"drivers|cpu_feature_guard|To enable the following instructions|failed call to cuInit|"
+                       r"Unable to register cu\w+ factory|computation placer already registered|TF-TRT Warning")
+
+
+def import_tensorflow(quiet=True):
+    """Import TensorFlow; `quiet` (the default, unless --verbosity is given) drops its start-up noise and sets
+    TF_CPP_MIN_LOG_LEVEL=3 unless the environment sets it. Any other line it prints while importing is kept."""
+    if "tensorflow" in sys.modules or not quiet:
+        import tensorflow  # pylint: disable=import-outside-toplevel,unused-import
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with filtered_stderr():
+        import tensorflow  # pylint: disable=import-outside-toplevel,unused-import,redefined-outer-name
+
+
+@contextlib.contextmanager
+def filtered_stderr(noise=_TF_NOISE):
+    """Capture what is written to file descriptor 2 (C libraries included) and pass on the lines `noise` misses."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if not noise.search(line):
+                    sys.stderr.write(line)
+            sys.stderr.flush()

@@ -7,3 +7,7 @@ class L2OError(Exception):
 
 class UsageError(L2OError, ValueError):
     """A bad flag value or combination."""
+
+
+class Interrupted(Exception):
+    """Training stopped by Ctrl-C or SIGTERM after saving; the message says how to resume (exit status 130)."""

@@ -7,5 +7,11 @@ from l2o_tf import cli
 
 cli.define_evaluation_flags()
 
+
+def main():
+    from l2o_tf import evaluate  # TensorFlow loads here, after the flags and the data were checked
+    evaluate.main("dm")
+
+
 if __name__ == "__main__":
-    cli.run("evaluate", net="dm", mode="test")
+    cli.run(main, mode="test", check=lambda: cli.check_evaluation_flags("dm"))

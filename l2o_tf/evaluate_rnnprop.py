@@ -6,5 +6,11 @@ from l2o_tf import cli
 
 cli.define_evaluation_flags(rnnprop=True)
 
+
+def main():
+    from l2o_tf import evaluate  # TensorFlow loads here, after the flags and the data were checked
+    evaluate.main("rnnprop")
+
+
 if __name__ == "__main__":
-    cli.run("evaluate", net="rnnprop", mode="test")
+    cli.run(main, mode="test", check=lambda: cli.check_evaluation_flags("rnnprop"))

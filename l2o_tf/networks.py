@@ -274,11 +274,13 @@ def for_problem(net, problem_name, **kwargs):
 WeightsFileError = original_pickle.WeightsFileError
 
 
-def save(cell, save_path, index=0):
-    """Write `<save_path>/<key>.l2l-<index>` (the original's layout) and its `.json` config sidecar; atomic."""
+def save(cell, save_path, index=0, metadata=None):
+    """Write `<save_path>/<key>.l2l-<index>` (the original's layout) and its `.json` config sidecar; atomic.
+
+    `metadata` (how the model was trained: problem, data source, ...) is kept in the sidecar for people to read."""
     path = os.path.join(save_path, f"{cell.key}.l2l-{index}")
     fileio.atomic_write_bytes(path, original_pickle.dumps(cell.get_original_weights()))
-    config = {"class_name": type(cell).__name__, "config": cell.get_config()}
+    config = {"class_name": type(cell).__name__, "config": cell.get_config(), "metadata": metadata or {}}
     fileio.atomic_write_bytes(path + ".json", json.dumps(config, indent=2).encode())
     return path
 
@@ -292,16 +294,22 @@ def load(path, **overrides):
     """
     weights = original_pickle.read(path)
     sidecar = path + ".json"
-    try:
-        if os.path.exists(sidecar):
+    if os.path.exists(sidecar):
+        try:
             with open(sidecar, encoding="utf-8") as f:
                 spec = json.load(f)
             cls, config = {c.__name__: c for c in NETS.values()}[spec["class_name"]], spec["config"]
-        else:
-            cls, config = _infer_cell(path, weights)
+            cls.from_config(config)
+        except (ValueError, KeyError, TypeError) as e:
+            raise WeightsFileError(f"{sidecar}: not a valid l2o-tf config sidecar ({e!r})") from None
+    else:
+        cls, config = _infer_cell(path, weights)
+    try:
         cell = cls.from_config({**config, **overrides})
-    except (ValueError, KeyError, TypeError) as e:
-        raise WeightsFileError(f"{sidecar}: not a valid l2o-tf config sidecar ({e!r})") from None
+    except (ValueError, TypeError) as e:
+        raise WeightsFileError(f"{path} holds a {cls.__name__}, which takes no "
+                               f"{', '.join(sorted(set(overrides) - set(config))) or 'such settings'} "
+                               f"({', '.join(f'{k}={v!r}' for k, v in overrides.items())})") from None
     try:
         cell.set_original_weights(weights)
     except ValueError as e:

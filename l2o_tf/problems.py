@@ -100,6 +100,7 @@ class ClassifierProblem(Problem):
     logits_fn: Callable = dataclasses.field(repr=False)
     images: tf.Tensor = dataclasses.field(repr=False)   # float32 [N, H, W, C], stored once
     labels: tf.Tensor = dataclasses.field(repr=False)   # int32 [N]
+    data_source: str = "given arrays"                   # where images and labels came from (datasets.Dataset.source)
 
     def sample_batch(self, rng: tf.random.Generator):
         """128 uniform indices with replacement, as the original MNIST pipeline (also used for CIFAR)."""
@@ -297,10 +298,12 @@ def get(name: str, mode: str = "train", data_dir: str | None = None, download: b
             raise ValueError("the quadratic problem uses no dataset")
         return QuadraticProblem(name, mode, *map(tuple, zip(*_QUADRATIC_LAYOUT)))
     image_shape, layout, logits_fn = _CLASSIFIERS[name]
+    source = "given arrays"
     if dataset is None:
         loaded = datasets.load(datasets.PROBLEM_DATASETS[name], mode, data_dir=data_dir, download=download)
-        dataset = (loaded.images, loaded.labels)
+        dataset, source = (loaded.images, loaded.labels), loaded.source
     images, labels = _check_dataset(dataset, image_shape, name)
     names, shapes, stddevs = map(tuple, zip(*layout))
     return ClassifierProblem(name, mode, names, shapes, stddevs,
-                             logits_fn=logits_fn, images=tf.constant(images), labels=tf.constant(labels))
+                             logits_fn=logits_fn, images=tf.constant(images), labels=tf.constant(labels),
+                             data_source=source)

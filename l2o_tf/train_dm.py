@@ -7,5 +7,11 @@ from l2o_tf import cli
 
 cli.define_training_flags(evaluation_period=100, mt_ratios="0.0 0.1 0.3 0.3 0.3 0.3 0.3 0.3")
 
+
+def main():
+    from l2o_tf import training  # TensorFlow loads here, after the flags and the data were checked
+    training.train(cli.training_config("dm"), cli.make_problem(mode="train"))
+
+
 if __name__ == "__main__":
-    cli.run("training", net="dm", mode="train")
+    cli.run(main, mode="train", check=lambda: cli.training_config("dm"))

@@ -7,5 +7,11 @@ from l2o_tf import cli
 
 cli.define_training_flags(evaluation_period=10, mt_ratios="0.3 0.3 0.3", rnnprop=True)
 
+
+def main():
+    from l2o_tf import training  # TensorFlow loads here, after the flags and the data were checked
+    training.train(cli.training_config("rnnprop"), cli.make_problem(mode="train"))
+
+
 if __name__ == "__main__":
-    cli.run("training", net="rnnprop", mode="train")
+    cli.run(main, mode="train", check=lambda: cli.training_config("rnnprop"))

@@ -1,25 +1,33 @@
-"""The meta-training loop behind `train_dm.py` and `train_rnnprop.py` (SPEC_DM §4-§6, §8.1).
+"""Meta-training as a library (SPEC_DM §4-§6, §8.1): `MetaTraining(config, problem)` builds and runs one training run.
 
-Per epoch a fresh optimizee is optimised for the stage's number of steps, one meta-update per unroll of 20 steps;
-with `--if_mt` an epoch may instead imitate a teacher; every `--evaluation_period` epochs the optimizer is validated
-(sum over `--evaluation_epochs` fresh, unscaled trajectories of the final loss, on the training split, as the
-original) and the curriculum decides what happens next. The best model is saved in the original's layout.
+Per epoch a fresh optimizee is optimised for the stage's number of steps, one meta-update per unroll; with
+`if_mt` an epoch may instead imitate a teacher; every `evaluation_period` epochs the optimizer is validated (sum
+over `evaluation_epochs` fresh, unscaled trajectories of the final loss, on the training split, as the original)
+and the curriculum decides what happens next. The best model is saved in the original's layout.
 
-Everything needed to continue (weights, both meta-Adams, random states, counters, history) is written atomically
-to `<save_path>/checkpoint.npz` at every validation and every `--checkpoint_secs`; a run started again with the same
-`--save_path` resumes where the checkpoint left off.
+Every component that draws random numbers (training trajectories, validation, teachers, the self-improving
+mixture, the choice of imitation epochs) has a generator of its own derived from the seed and its name, so adding a
+component never shifts another's stream.
+
+Resume state (weights, the meta-optimizers, every generator, counters, curriculum and history) is one
+`tf.train.Checkpoint` under `<save_path>/checkpoints/`, saved at every validation, every `checkpoint_secs` and on
+Ctrl-C / SIGTERM; the history travels inside it, so the two can never disagree (`history.json` beside it is a
+copy for reading). Building `MetaTraining` on a save path that has a checkpoint resumes it.
 """
 import json
+import math
 import os
+import signal
+import threading
 import time
-import zipfile
+import zlib
 
 import numpy as np
 import tensorflow as tf
-from absl import flags
 from absl import logging
+from tensorflow.core.framework import summary_pb2
 
-from l2o_tf import cli
+from l2o_tf import config as config_lib
 from l2o_tf import curriculum
 from l2o_tf import errors
 from l2o_tf import fileio
@@ -28,97 +36,112 @@ from l2o_tf import meta
 from l2o_tf import networks
 from l2o_tf import optimizers
 from l2o_tf import original_pickle
+from l2o_tf import self_improving
 
-FLAGS = flags.FLAGS
-CHECKPOINT = "checkpoint.npz"
+CHECKPOINT_DIR = "checkpoints"
+HISTORY = "history.json"
 MAX_FAILED_EPOCHS = 20  # consecutive epochs whose every meta-update was non-finite before we give up
-TEACHER_LEARNING_RATE = 0.01  # the original's fixed teacher learning rate
+TEACHER_LEARNING_RATE = 0.01  # the original's fixed teacher (and our auxiliaries') learning rate
+RANDOM_COMPONENTS = ("train", "validation", "imitation", "mixture", "epochs")
+LOG_EVERY_SECS = 10
 
 
 class TrainingDiverged(errors.L2OError):
     """Every meta-update of many epochs in a row was non-finite."""
 
 
-def read_checkpoint(path):
-    """(state dict, arrays dict) of a checkpoint, or a clear error for a file that is not one."""
-    try:
-        with np.load(path) as data:
-            arrays = {name: data[name] for name in data.files}
-        return json.loads(str(arrays.pop("state"))), arrays
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-        raise errors.L2OError(f"{path} is not a readable training checkpoint ({type(e).__name__}: {e}); move it "
-                              "away to start a fresh run in that --save_path") from None
+def component_generator(seed, name):
+    """The random generator of one component: a function of (seed, name) alone."""
+    return tf.random.Generator.from_seed([int(seed), zlib.crc32(name.encode())])
 
 
 class MetaTraining:
     """One training run: the trainers, the schedule and the counters, with checkpoint save and restore."""
 
-    def __init__(self, net, problem, seed, save_path, cell_kwargs):
-        self.net, self.problem, self.save_path, self.seed = net, problem, save_path, seed
-        self.rng = tf.random.Generator.from_seed(seed)
-        self.choices = np.random.default_rng(seed)  # Python-side draws: imitation epochs
-        self.cell = networks.for_problem(net, problem.name, seed=seed, **cell_kwargs)
-        self.cell.build()
+    def __init__(self, config, problem, cell=None):
+        self.config, self.problem = config.validate(), problem
+        self.seed = _seed_or_fresh(config.seed)
+        self.rngs = {name: component_generator(self.seed, name) for name in RANDOM_COMPONENTS}
+        self.cell = cell or networks.for_problem(config.net, problem.name, seed=self.seed, **config.cell)
+        if not self.cell.built:
+            self.cell.build()
         self.mixture = None
-        if FLAGS.self_improving:
-            auxiliaries = [optimizers.get(name, TEACHER_LEARNING_RATE) for name in _names(FLAGS.auxiliary_optimizers)]
-            self.mixture = imitation.MixtureRule(self.cell, auxiliaries, self.rng)
-        self.trainer = meta.Trainer(problem, self.cell, self.rng, FLAGS.learning_rate, FLAGS.unroll_length,
-                                    FLAGS.second_derivatives, rule=self.mixture)
-        self.validator = meta.Runner(problem, self.cell, self.rng)
+        if config.self_improving:
+            auxiliaries = [optimizers.get(name, TEACHER_LEARNING_RATE) for name in config.auxiliary_optimizers]
+            self.mixture = self_improving.MixtureRule(self.cell, auxiliaries, self.rngs["mixture"])
+        self.trainer = meta.Trainer(problem, self.cell, self.rngs["train"], config.learning_rate,
+                                    config.unroll_length, config.second_derivatives, rule=self.mixture)
+        self.validator = meta.Runner(problem, self.cell, self.rngs["validation"])
         self.teachers, self.imitators = [], []
-        if FLAGS.if_mt:
-            names = _names(FLAGS.optimizers)
-            if FLAGS.num_mt > len(names):
-                raise cli.UsageError(f"--num_mt={FLAGS.num_mt} needs that many --optimizers, got {names}")
-            for name in names[:FLAGS.num_mt]:
+        if config.if_mt:
+            for name in config.optimizers[:config.num_mt]:
                 self.teachers.append(imitation.Teacher(problem, optimizers.get(name, TEACHER_LEARNING_RATE),
-                                                       self.rng, FLAGS.k))
-                self.imitators.append(imitation.ImitationTrainer(self.cell, FLAGS.learning_rate,
-                                                                 FLAGS.unroll_length))
-        schedule = (curriculum.parse_schedule(FLAGS.num_steps_schedule) if FLAGS.if_cl else (FLAGS.num_steps,))
-        self.curriculum = curriculum.Curriculum(schedule, FLAGS.min_num_eval, enabled=FLAGS.if_cl)
-        self.epoch, self.imitation_task, self.skipped_updates = 0, 0, 0
+                                                       self.rngs["imitation"], config.k))
+                self.imitators.append(imitation.ImitationTrainer(self.cell, config.learning_rate,
+                                                                 config.unroll_length, problem.param_shapes))
+        self.curriculum = curriculum.Curriculum(config.schedule, config.min_num_eval, enabled=config.if_cl)
+        self.epoch = 0
+        self.training_epochs = 0  # epochs that trained on the meta-loss (the self-improving decay counts these)
+        self.imitation_task, self.skipped_updates = 0, 0
         self.finished = False  # the curriculum ended the run: running the command again does nothing
         self.history = []
+        self._progress = tf.Variable("", dtype=tf.string, trainable=False)
+        self._checkpoint = tf.train.Checkpoint(
+            weights={v.name: v for v in self.cell.weights},
+            meta_optimizer=self.trainer.optimizer, imitation_optimizers=[i.optimizer for i in self.imitators],
+            rngs=self.rngs, progress=self._progress)
+        self._manager = None
+        if config.save_path:
+            self._manager = tf.train.CheckpointManager(
+                self._checkpoint, os.path.join(config.save_path, CHECKPOINT_DIR), max_to_keep=2)
+        self._summaries = (tf.summary.create_file_writer(config.tensorboard_dir)
+                           if config.tensorboard_dir else None)
+        self.resumed = self._restore()
+        if not self.resumed:
+            self.history.append({"epoch": 0, "kind": "start", "problem": problem.name, "seed": self.seed,
+                                 "data_source": data_source(problem), "config": config.as_dict()})
 
     # -- one epoch ------------------------------------------------------------------------------------------------
     def num_unrolls(self, steps):
-        return max(1, steps // FLAGS.unroll_length)
+        return steps // self.config.unroll_length
 
     def imitation_ratio(self):
-        if not FLAGS.if_mt:
+        """The probability that the next epoch imitates: --mt_ratio, or under the curriculum the stage's."""
+        if not self.config.if_mt:
             return 0.0
-        if not FLAGS.if_cl:
-            return FLAGS.mt_ratio
-        ratios = [float(r) for r in FLAGS.mt_ratios.split()]
+        if not self.config.if_cl:
+            return self.config.mt_ratio
+        ratios = self.config.mt_ratios
         return ratios[min(self.curriculum.stage, len(ratios) - 1)]
 
     def train_epoch(self):
-        """One epoch, training or imitation; returns its history record (kind, last loss, updates applied)."""
+        """One epoch, training or imitation; returns its history record (kind, losses, updates applied)."""
+        config = self.config
         unrolls = self.num_unrolls(self.curriculum.train_steps)
-        if self.choices.random() < self.imitation_ratio():
+        if float(self.rngs["epochs"].uniform([])) < self.imitation_ratio():
             task = self.imitation_task
             self.imitation_task = (task + 1) % len(self.teachers)
-            scale = FLAGS.rd_scale_bound if FLAGS.if_scale else 0.0
-            gradients, steps = self.teachers[task].trajectory(unrolls * FLAGS.unroll_length, scale)
+            gradients, steps = self.teachers[task].trajectory(unrolls * config.unroll_length, config.scale_bound)
             loss, applied = self.imitators[task].train_epoch(gradients, steps)
-            record = {"kind": f"imitation[{self.teachers[task].rule.name}]", "loss": loss, "applied": applied}
+            record = {"kind": f"imitation[{self.teachers[task].rule.name}]", "imitation_loss": loss,
+                      "applied": applied}
         else:
             record = {"kind": "train"}
             if self.mixture is not None:
-                p = imitation.auxiliary_probability(self.epoch, len(self.mixture.auxiliaries),
-                                                    FLAGS.auxiliary_decay_epochs)
+                p = self_improving.auxiliary_probability(self.training_epochs, len(self.mixture.auxiliaries),
+                                                         config.auxiliary_decay_epochs)
                 self.mixture.set_auxiliary_probability(p)
                 record["auxiliary_probability"] = p
-            trajectory = self.trainer.new_trajectory(FLAGS.rd_scale_bound if FLAGS.if_scale else 0.0)
-            loss, applied = float("nan"), 0
+            trajectory = self.trainer.new_trajectory(config.scale_bound)
+            loss, meta_losses = float("nan"), []
             for _ in range(unrolls):
-                trajectory, _, loss, ok = self.trainer.train_unroll(trajectory)
+                trajectory, meta_loss, loss, ok = self.trainer.train_unroll(trajectory)
                 if not ok:
                     break  # the optimizee diverged: a fresh one next epoch
-                applied += 1
-            record.update(loss=loss, applied=applied)
+                meta_losses.append(meta_loss)
+            self.training_epochs += 1
+            record.update(loss=loss, meta_loss=float(np.mean(meta_losses)) if meta_losses else float("nan"),
+                          applied=len(meta_losses))
         if record["applied"] < unrolls:
             self.skipped_updates += 1
             logging.warning("epoch %d (%s): non-finite meta-gradient or loss; update skipped (%d skipped so far)",
@@ -126,168 +149,244 @@ class MetaTraining:
         return record
 
     def validate(self, steps):
-        """Sum over --evaluation_epochs fresh unscaled trajectories of the loss after `steps` steps."""
-        steps = self.num_unrolls(steps) * FLAGS.unroll_length
+        """Sum over `evaluation_epochs` fresh unscaled trajectories of the loss after `steps` steps (whole
+        unrolls, as training)."""
+        steps = self.num_unrolls(steps) * self.config.unroll_length
         return sum(self.validator.final_loss(self.validator.new_trajectory(), steps)
-                   for _ in range(FLAGS.evaluation_epochs))
-
-    # -- files ----------------------------------------------------------------------------------------------------
-    def save_model(self, index):
-        if self.save_path:
-            networks.save(self.cell, self.save_path, index)
-            networks.save(self.cell, self.save_path, 0)
-
-    def restore_model(self, index):
-        path = os.path.join(self.save_path, f"{self.cell.key}.l2l-{index}")
-        self.cell.set_original_weights(original_pickle.read(path))
-
-    def checkpoint(self):
-        if not self.save_path:
-            return
-        arrays = {f"cell/{m}/{n}": v for m, vs in self.cell.get_original_weights().items() for n, v in vs.items()}
-        for name, optimizer in self._meta_optimizers():
-            arrays.update({f"{name}/{i}": v.numpy() for i, v in enumerate(optimizer.variables)})
-        arrays["rng_state"] = self.rng.state.numpy()
-        state = {"epoch": self.epoch, "curriculum": self.curriculum.state_dict(), "history": self.history,
-                 "imitation_task": self.imitation_task, "skipped_updates": self.skipped_updates,
-                 "choices": self.choices.bit_generator.state, "seed": self.seed, "finished": self.finished,
-                 "flags": {**_run_flags(), "net": self.net}}
-        fileio.atomic_save_npz(os.path.join(self.save_path, CHECKPOINT), state=json.dumps(state), **arrays)
-        fileio.atomic_write_bytes(os.path.join(self.save_path, "history.json"), json.dumps(self.history).encode())
-
-    def resume(self, path, state, arrays):
-        """Continue from a checkpoint read by `read_checkpoint`; refuses one written by a different run."""
-        mismatched = {k: (v, state["flags"].get(k)) for k, v in {**_run_flags(), "net": self.net}.items()
-                      if k in RESUME_MUST_MATCH and state["flags"].get(k) != v}
-        if mismatched:
-            raise cli.UsageError(f"{path} was written by a different run: " + ", ".join(
-                f"--{k}={old!r} there, {new!r} now" for k, (new, old) in mismatched.items()))
-        self.cell.set_original_weights({m: {n: arrays[f"cell/{m}/{n}"] for n in vs}
-                                        for m, vs in self.cell.get_original_weights().items()})
-        for name, optimizer in self._meta_optimizers():
-            for i, variable in enumerate(optimizer.variables):
-                variable.assign(arrays[f"{name}/{i}"])
-        self.rng.reset(arrays["rng_state"])
-        self.epoch, self.history, self.finished = state["epoch"], state["history"], state["finished"]
-        self.imitation_task, self.skipped_updates = state["imitation_task"], state["skipped_updates"]
-        self.curriculum = curriculum.Curriculum.from_state_dict(state["curriculum"])
-        self.choices.bit_generator.state = state["choices"]
-
-    def _meta_optimizers(self):
-        yield "meta_adam", self.trainer.optimizer
-        for i, imitator in enumerate(self.imitators):
-            yield f"imitation_adam_{i}", imitator.optimizer
+                   for _ in range(self.config.evaluation_epochs))
 
     # -- the loop -------------------------------------------------------------------------------------------------
     def run(self):
-        cl = self.curriculum
+        """Train until `num_epochs` or the curriculum's end; Ctrl-C / SIGTERM save and raise `errors.Interrupted`."""
+        config, cl = self.config, self.curriculum
+        if self.finished:
+            logging.info("this run had already ended (the curriculum stopped it); the best model is %s",
+                         self.best_model_path())
+            return self.history
         last_checkpoint = last_log = time.time()
-        epoch_times, failed_epochs = [], 0
-        while self.epoch < FLAGS.num_epochs and not self.finished:
-            start = time.time()
-            record = self.train_epoch()
-            self.epoch += 1
-            epoch_times.append(time.time() - start)
-            failed_epochs = failed_epochs + 1 if record["applied"] == 0 else 0
-            if failed_epochs >= MAX_FAILED_EPOCHS:
-                self.checkpoint()
-                raise TrainingDiverged(f"{failed_epochs} epochs in a row had only non-finite meta-gradients: training "
-                                   f"diverged; try a lower --learning_rate (checkpoint kept in {self.save_path})")
-            self.history.append({"epoch": self.epoch, **record, "train_steps": cl.train_steps})
-            if time.time() - last_log > 10 or self.epoch == 1:
-                logging.info("epoch %d/%d  %s loss %.4f  stage %d (%d steps)  %.2f s/epoch", self.epoch,
-                             FLAGS.num_epochs, record["kind"], record["loss"], cl.stage, cl.train_steps,
-                             np.mean(epoch_times[-50:]))
-                last_log = time.time()
-            if self.epoch % FLAGS.evaluation_period == 0:
-                self.evaluate()
-                last_checkpoint = time.time()
-            elif time.time() - last_checkpoint > FLAGS.checkpoint_secs:
-                self.checkpoint()
-                last_checkpoint = time.time()
+        epoch_times, failed_epochs, start_epoch = [], 0, self.epoch
+        with _InterruptHandler(self) as interrupt:
+            while self.epoch < config.num_epochs and not self.finished:
+                start = time.time()
+                record = self.train_epoch()
+                self.epoch += 1
+                epoch_times.append(time.time() - start)
+                failed_epochs = failed_epochs + 1 if record["applied"] == 0 else 0
+                if failed_epochs >= MAX_FAILED_EPOCHS:
+                    self.checkpoint()
+                    raise TrainingDiverged(f"{failed_epochs} epochs in a row had only non-finite meta-gradients: "
+                                           f"training diverged; try a lower --learning_rate (checkpoint kept in "
+                                           f"{config.save_path})")
+                self.history.append({"epoch": self.epoch, **record, "train_steps": cl.train_steps})
+                self._summarise(record, epoch_times[-1])
+                if time.time() - last_log > LOG_EVERY_SECS or self.epoch == start_epoch + 1:
+                    self._log_progress(record, epoch_times)
+                    last_log = time.time()
+                if self.epoch % config.evaluation_period == 0:
+                    self.evaluate()
+                    self.checkpoint()
+                    last_checkpoint = time.time()
+                elif time.time() - last_checkpoint > config.checkpoint_secs:
+                    self.checkpoint()
+                    last_checkpoint = time.time()
+                if interrupt.requested:
+                    self.checkpoint()
+                    raise errors.Interrupted(self._resume_message("interrupted"))
         self.checkpoint()
         return self.history
 
     def evaluate(self):
-        cl = self.curriculum
+        """Validate, let the curriculum decide, and act on it (save, advance with restore, or stop)."""
+        config, cl = self.config, self.curriculum
         steps = cl.valid_steps
         cost = self.validate(steps)
         decision = cl.observe(cost)
         logging.info("epoch %d: validation at %d steps %.4f (mean final loss), best %.4f -> %s", self.epoch, steps,
-                     cost / FLAGS.evaluation_epochs, cl.best / FLAGS.evaluation_epochs, decision)
+                     cost / config.evaluation_epochs, cl.best / config.evaluation_epochs, decision)
         self.history.append({"epoch": self.epoch, "kind": "validation", "steps": steps, "cost": cost,
                              "decision": decision, "stage": cl.stage})
+        self._scalars(validation_cost=cost / config.evaluation_epochs, curriculum_stage=cl.stage)
         if decision == curriculum.IMPROVED:
-            self.save_model(cl.stage if FLAGS.if_cl else self.epoch)
+            self.save_model(cl.stage if config.if_cl else self.epoch)
         elif decision == curriculum.ADVANCE:
             self.restore_model(cl.stage - 1)
             baseline = self.validate(cl.valid_steps)
             cl.start_stage(baseline)
+            self.history.append({"epoch": self.epoch, "kind": "stage", "stage": cl.stage, "baseline": baseline,
+                                 "train_steps": cl.train_steps, "valid_steps": cl.valid_steps})
             logging.info("curriculum: stage %d now trains on %d steps and validates on %d; restored the previous "
                          "stage's best, baseline %.4f", cl.stage, cl.train_steps, cl.valid_steps,
-                         baseline / FLAGS.evaluation_epochs)
+                         baseline / config.evaluation_epochs)
         elif decision == curriculum.STOP:
             logging.info("curriculum: no improvement in stage %d -> stop; the best model is %s", cl.stage,
-                         os.path.join(self.save_path, f"{self.cell.key}.l2l-0"))
+                         self.best_model_path())
         elif decision == curriculum.FINISHED:
             logging.info("curriculum: the last stage (%d steps) stopped improving -> done", cl.train_steps)
         self.finished = decision in (curriculum.STOP, curriculum.FINISHED)
-        self.checkpoint()
         return decision
 
+    # -- files ----------------------------------------------------------------------------------------------------
+    def best_model_path(self):
+        return os.path.join(self.config.save_path or "", f"{self.cell.key}.l2l-0")
 
-RESUME_MUST_MATCH = ("problem", "net", "if_cl", "if_mt", "num_steps_schedule", "unroll_length", "num_steps")
+    def save_model(self, index):
+        """`<key>.l2l-<index>` and `<key>.l2l-0` (the best so far), with a sidecar saying how it was trained."""
+        if self.config.save_path:
+            metadata = {"trained_on": self.problem.name, "data_source": data_source(self.problem),
+                        "epoch": self.epoch, "seed": self.seed}
+            for i in {index, 0}:
+                networks.save(self.cell, self.config.save_path, i, metadata=metadata)
+
+    def restore_model(self, index):
+        path = os.path.join(self.config.save_path, f"{self.cell.key}.l2l-{index}")
+        self.cell.set_original_weights(original_pickle.read(path))
+
+    def checkpoint(self):
+        """Save everything needed to continue (atomic: the manager commits a checkpoint only once it is whole)."""
+        if self._manager is None:
+            return
+        self._progress.assign(json.dumps(self._progress_state()))
+        self._manager.save()
+        fileio.atomic_write_bytes(os.path.join(self.config.save_path, HISTORY), json.dumps(self.history).encode())
+
+    def _progress_state(self):
+        return {"epoch": self.epoch, "training_epochs": self.training_epochs,
+                "curriculum": self.curriculum.state_dict(), "history": self.history,
+                "imitation_task": self.imitation_task, "skipped_updates": self.skipped_updates,
+                "finished": self.finished, "seed": self.seed, "config": self.config.as_dict(),
+                "data_source": data_source(self.problem)}
+
+    def _restore(self):
+        """Continue from the save path's latest checkpoint, if any; refuses one written by a different run."""
+        if self._manager is None:
+            return False
+        path = self._manager.latest_checkpoint
+        if path is None:
+            if os.path.exists(os.path.join(self.config.save_path, "checkpoint.npz")):
+                raise errors.L2OError(f"{self.config.save_path} holds a checkpoint of an older l2o-tf version "
+                                      "(checkpoint.npz); continue it with that version or use a fresh --save_path")
+            return False
+        state = _read_progress(path)
+        saved = {k: state["config"].get(k) for k in config_lib.RESUME_MUST_MATCH}
+        mismatched = {k: (v, saved[k]) for k, v in self.config.resume_key().items() if saved[k] != v}
+        if mismatched:
+            raise errors.UsageError(f"{self.config.save_path} holds a run with other settings: " + ", ".join(
+                f"--{k}={old!r} there, {new!r} now" for k, (new, old) in mismatched.items())
+                + "; use another --save_path")
+        try:
+            self._checkpoint.read(path).assert_existing_objects_matched()
+        except (tf.errors.OpError, AssertionError, ValueError) as e:
+            raise errors.L2OError(f"{path} is not a readable training checkpoint of this run ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0]}); move {self._manager.directory} away to start "
+                                  "afresh") from None
+        self.seed, self.epoch, self.history = state["seed"], state["epoch"], state["history"]
+        self.training_epochs, self.finished = state["training_epochs"], state["finished"]
+        self.imitation_task, self.skipped_updates = state["imitation_task"], state["skipped_updates"]
+        self.curriculum = curriculum.Curriculum.from_state_dict(state["curriculum"])
+        logging.info("resuming %s from epoch %d (stage %d)%s", path, self.epoch, self.curriculum.stage,
+                     ": the curriculum had already ended this run" if self.finished else "")
+        return True
+
+    def _resume_message(self, what):
+        if self._manager is None:
+            return f"{what} at epoch {self.epoch}; nothing was saved (no --save_path)"
+        return (f"{what} at epoch {self.epoch}: checkpoint saved in {self._manager.directory}; run the same "
+                "command again to resume")
+
+    # -- progress -------------------------------------------------------------------------------------------------
+    def _log_progress(self, record, epoch_times):
+        cl, config = self.curriculum, self.config
+        seconds = float(np.mean(epoch_times[-50:]))
+        remaining = (config.num_epochs - self.epoch) * seconds
+        loss = record.get("loss", record.get("imitation_loss"))
+        logging.info("epoch %d/%d  %s loss %.4f  stage %d (%d steps)  %.2f s/epoch  ETA %s%s", self.epoch,
+                     config.num_epochs, record["kind"], loss, cl.stage, cl.train_steps, seconds,
+                     _duration(remaining), " (at most: the curriculum may end sooner)" if config.if_cl else "")
+
+    def _summarise(self, record, seconds):
+        values = {"seconds_per_epoch": seconds, "curriculum_stage": self.curriculum.stage}
+        for key in ("meta_loss", "loss", "imitation_loss"):
+            if key in record and math.isfinite(record[key]):
+                values["final_loss" if key == "loss" else key] = record[key]
+        self._scalars(**values)
+
+    def _scalars(self, **values):
+        if self._summaries is None:
+            return
+        with self._summaries.as_default(step=self.epoch):
+            for name, value in values.items():
+                tf.summary.write(name, tf.constant(float(value)), metadata=_SCALAR_METADATA)
+        self._summaries.flush()
 
 
-def _names(text):
-    return [name.strip().lower() for name in text.split(",") if name.strip()]
+# What tf.summary.scalar writes, without needing the tensorboard package to write it (only to view it).
+_SCALAR_METADATA = summary_pb2.SummaryMetadata(
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")).SerializeToString()
 
 
-def _run_flags():
-    return {name: FLAGS[name].value for name in _TRAIN_FLAG_NAMES if name in FLAGS}
+class _InterruptHandler:
+    """Ctrl-C / SIGTERM: the first asks the loop to stop after this epoch (then it saves); a second stops at once,
+    keeping the last checkpoint. Only in the main thread, where Python allows signal handlers."""
+
+    def __init__(self, run):
+        self.run, self.requested, self._previous = run, False, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise errors.Interrupted(f"stopped at once at epoch {self.run.epoch}; the last checkpoint is kept: run "
+                                     "the same command again to resume from it")
+        self.requested = True
+        logging.warning("%s: finishing epoch %d, then saving (press Ctrl-C again to stop at once without saving it)",
+                        signal.Signals(signum).name, self.run.epoch + 1)
 
 
-_TRAIN_FLAG_NAMES = ("problem", "if_cl", "if_mt", "num_steps_schedule", "unroll_length", "num_steps", "num_epochs",
-                     "evaluation_period", "evaluation_epochs", "learning_rate", "second_derivatives", "if_scale",
-                     "rd_scale_bound", "min_num_eval", "num_mt", "optimizers", "mt_ratio", "mt_ratios", "k",
-                     "self_improving", "auxiliary_optimizers", "auxiliary_decay_epochs", "beta1", "beta2")
+def data_source(problem):
+    """Where the problem's data came from (None: it has none, as the quadratic)."""
+    return getattr(problem, "data_source", None)
 
 
-def check_flags():
-    for name in ("num_epochs", "evaluation_period", "evaluation_epochs", "num_steps", "unroll_length",
-                 "min_num_eval", "num_mt", "k", "auxiliary_decay_epochs"):
-        cli.positive(name, FLAGS[name].value)
-    cli.positive("learning_rate", FLAGS.learning_rate)
-    if FLAGS.if_cl and not FLAGS.save_path:
-        raise cli.UsageError("--if_cl needs --save_path: each stage restores its best model from there")
+def _read_progress(path):
     try:
-        curriculum.parse_schedule(FLAGS.num_steps_schedule)
-        [float(r) for r in FLAGS.mt_ratios.split()]
-        for name in _names(FLAGS.optimizers) + _names(FLAGS.auxiliary_optimizers):
-            optimizers.get(name, 1.0)
-    except ValueError as e:
-        raise cli.UsageError(str(e)) from None
-    if not 0 <= FLAGS.mt_ratio <= 1:
-        raise cli.UsageError(f"--mt_ratio must be in [0, 1], got {FLAGS.mt_ratio}")
+        return json.loads(tf.train.load_checkpoint(path).get_tensor("progress/.ATTRIBUTES/VARIABLE_VALUE"))
+    except (tf.errors.OpError, ValueError, KeyError) as e:
+        raise errors.L2OError(f"{path} is not a readable training checkpoint ({type(e).__name__}); move "
+                              f"{os.path.dirname(path)} away to start afresh") from None
 
 
-def main(net):
-    check_flags()
-    cell_kwargs = cli.cell_flags()
-    problem = cli.make_problem(mode="train")
-    checkpoint = os.path.join(FLAGS.save_path, CHECKPOINT) if FLAGS.save_path else None
-    saved = read_checkpoint(checkpoint) if checkpoint and os.path.exists(checkpoint) else None
-    seed = saved[0]["seed"] if saved else cli.seed_or_random(FLAGS.seed)
-    run = MetaTraining(net, problem, seed, FLAGS.save_path, cell_kwargs)
-    if saved:
-        run.resume(checkpoint, *saved)
-        logging.info("resuming %s from epoch %d (stage %d)%s", checkpoint, run.epoch, run.curriculum.stage,
-                     ": the curriculum had already ended this run" if run.finished else "")
-    elif not FLAGS.save_path:
+def _seed_or_fresh(seed):
+    if seed is None:
+        seed = int.from_bytes(os.urandom(4), "little") % (2 ** 31)
+        logging.info("no seed given; using seed %d", seed)
+    return int(seed)
+
+
+def _duration(seconds):
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def train(config, problem):
+    """Build (or resume) the run of `config` on `problem`, train, and say where the best model is."""
+    run = MetaTraining(config, problem)
+    if not config.save_path:
         logging.warning("no --save_path: the trained optimizer will not be saved")
-    logging.info("training %s on %s (%d parameters): %s", type(run.cell).__name__, problem.name,
-                 problem.num_params, "curriculum " + FLAGS.num_steps_schedule if FLAGS.if_cl
-                 else f"{FLAGS.num_steps} steps per epoch")
+    if not run.resumed:
+        logging.info("training %s on %s (%d parameters), seed %d: %s", type(run.cell).__name__, problem.name,
+                     problem.num_params, run.seed, "curriculum " + " ".join(map(str, config.num_steps_schedule))
+                     if config.if_cl else f"{config.num_steps} steps per epoch")
     run.run()
-    if FLAGS.save_path:
-        print(f"Best optimizer: {os.path.join(FLAGS.save_path, run.cell.key + '.l2l-0')}")
+    if config.save_path:
+        print(f"Best optimizer: {run.best_model_path()}")
+    return run
