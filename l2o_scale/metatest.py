@@ -114,10 +114,12 @@ def run_all(optimizer, seeds, groups, prefix, overrides):
         problem = eval_problems.get(group, data_dir=FLAGS.data_dir, download=FLAGS.download)
         # several groups would write the same files in the original (each overwriting the last): keep them apart
         model_name = FLAGS.model_name if len(groups) == 1 else f"{FLAGS.model_name}-{group}"
+        generator = tf.random.Generator.from_seed(seeds[0])
+        runner = meta.Runner(problem, rule, generator)  # one per group: its compiled loop serves every seed
         for seed in seeds:
+            generator.reset_from_seed(seed)
             if optimizer == "L2o":
                 rule.reseed(seed)
-            runner = meta.Runner(problem, rule, tf.random.Generator.from_seed(seed))
 
             def progress(done, losses, group=group, seed=seed, offset=done_before):
                 elapsed = time.time() - start
