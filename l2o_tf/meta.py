@@ -132,7 +132,8 @@ class Trainer:
     def _unroll(self, trajectory):
         with tf.GradientTape() as tape:
             meta_loss, final_loss, params, state, objective = self._forward(trajectory, tape)
-        gradients = tape.gradient(objective, self.variables)
+        # zeros for weights the unroll does not reach (L2O-Scale's initial-state vectors, used before the tape)
+        gradients = tape.gradient(objective, self.variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         applied = apply_if_finite(self.optimizer, gradients, self.variables, meta_loss)
         return params, state, meta_loss, final_loss, applied
 
