@@ -346,8 +346,8 @@ class _InterruptHandler:
             raise errors.Interrupted(f"stopped at once at epoch {self.run.epoch}; the last checkpoint is kept: run "
                                      "the same command again to resume from it")
         self.requested = True
-        logging.warning("%s: finishing epoch %d, then saving (press Ctrl-C again to stop at once without saving it)",
-                        signal.Signals(signum).name, self.run.epoch + 1)
+        logging.warning("%s: finishing the current epoch (and its validation, if due), then saving; press Ctrl-C "
+                        "again to stop at once, keeping the last checkpoint", signal.Signals(signum).name)
 
 
 def data_source(problem):

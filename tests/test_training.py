@@ -1,7 +1,10 @@
 """The trainer as a library: MetaTraining(config, problem) built and run in-process, on tiny budgets."""
 import glob
+import json
 import os
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -183,7 +186,7 @@ def test_the_sidecar_and_history_record_the_data_source(tiny_mnist, tmp_path):
     run.run()
     assert run.history[0]["kind"] == "start" and run.history[0]["data_source"] == "given arrays"
     with open(tmp_path / "cw.l2l-0.json") as f:
-        metadata = __import__("json").load(f)["metadata"]
+        metadata = json.load(f)["metadata"]
     assert metadata["data_source"] == "given arrays" and metadata["trained_on"] == "mnist"
     assert networks.load(str(tmp_path / "cw.l2l-0")).scale == 0.01  # the metadata does not disturb loading
 
@@ -265,3 +268,33 @@ def test_bad_configs_are_usage_errors():
             config(**overrides).validate()
     assert config_lib.parse_names("Adam, SGD") == ("adam", "sgd")
     assert set(config_lib.BASELINE_NAMES) == set(__import__("l2o_tf.optimizers").optimizers.RULES)
+
+
+def test_ctrl_c_on_the_command_line_saves_says_how_to_resume_and_exits_130(tmp_path):
+    """As a user: SIGINT to a running train_dm; one line, no traceback, status 130; the same command resumes."""
+    save = tmp_path / "run"
+    command = [sys.executable, "-m", "l2o_tf.train_dm", f"--save_path={save}", "--problem=quadratic",
+               "--num_epochs=100000", "--evaluation_period=1000", "--num_steps=20", "--seed=1"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in process.stdout:  # wait until it trains
+            if "epoch 1/100000" in line:
+                break
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, output
+    assert "Traceback" not in output
+    last = output.strip().splitlines()[-1]
+    assert "checkpoint saved in" in last and "run the same command again to resume" in last
+    stopped_at = int(last.split("at epoch ")[1].split(":")[0])
+    assert stopped_at >= 1
+    result = subprocess.run(command[:-3] + [f"--num_epochs={stopped_at + 2}", "--evaluation_period=1000",
+                                            "--num_steps=20", "--seed=1"],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"from epoch {stopped_at}" in result.stdout + result.stderr
+    with open(save / "history.json") as f:
+        assert [h["epoch"] for h in epochs(json.load(f))] == list(range(1, stopped_at + 3))
