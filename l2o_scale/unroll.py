@@ -7,6 +7,10 @@ non-finite entries set to 0, each entry clipped, applied by the TF1 RMSProp. Eve
 (zero when unconnected, as TF1's `cond` gave the initial-state vectors on unrolls that do not reset), so every
 RMSProp slot decays at every update as in the original.
 
+Whether an unroll starts from a fresh optimizer state is a tensor, not a Python branch: the fresh state is made
+inside the tape and selected (`tf.where`) over the given one, as the original's `cond(reset_state, ...)`, so its
+learned initial vectors get their gradient exactly when it is taken, and one trace serves both cases.
+
 The trajectory goes on from the unroll's own forward values (upstream's order; the train copy recomputed the unroll
 after the update to propagate it, docs/FIDELITY.md). Data are indices into the problem's training split
 (`l2o_scale.plans`), gathered inside the compiled function.
@@ -36,7 +40,8 @@ class Unroller:
         meta_optimizer.build(self.variables)
         self._train = tf.function(self._train_unroll, reduce_retracing=True)
         self._subset_loss = tf.function(self.subset_loss, reduce_retracing=True)
-        self._final = tf.function(self._final_loss, reduce_retracing=True, jit_compile=not problem.is_convolutional)
+        self._validation = tf.function(self._validation_unroll, jit_compile=not problem.is_convolutional)
+        self._zero_state = None
 
     # -- the pieces ---------------------------------------------------------------------------------------------
     def subset_loss(self, params, subset):
@@ -59,20 +64,31 @@ class Unroller:
         return float(self._subset_loss([tf.convert_to_tensor(p) for p in params], tf.constant(subset)))
 
     # -- training -----------------------------------------------------------------------------------------------
-    def train_unroll(self, params, state, subset, batches, initial_objective):
-        """One unroll of len(batches) steps and its meta-update.
+    def train_unroll(self, params, state, subset, batches, initial_objective, reset=False):
+        """One unroll of len(batches) steps and its meta-update; from a fresh state if `reset` (or `state` is None).
 
-        `state` None starts from the optimizer's fresh state, made inside the tape so that its learned initial
-        vectors get their meta-gradient. Returns (params, state, objectives [T + 1] numpy, meta-objective)."""
-        params = [tf.convert_to_tensor(p) for p in params]
+        Returns (params, state, objectives [T + 1] numpy, meta-objective)."""
+        params, state, reset = self._inputs(params, state, reset)
         params, state, objectives, objective = self._train(
-            params, state, tf.constant(subset), tf.constant(batches), tf.constant(initial_objective, tf.float32))
+            params, state, tf.constant(subset), tf.constant(batches), tf.constant(initial_objective, tf.float32),
+            reset)
         return params, state, objectives.numpy(), float(objective)
 
-    def forward(self, params, state, subset, batches, initial_objective):
+    def _inputs(self, params, state, reset):
+        if state is None:  # any state of the right structure: the fresh one replaces it
+            if self._zero_state is None:
+                self._zero_state = tf.nest.map_structure(tf.zeros_like, self.optimizer.initial_state(params))
+            state, reset = self._zero_state, True
+        return [tf.convert_to_tensor(p) for p in params], state, tf.constant(bool(reset))
+
+    def start(self, params, state, reset):
+        """The state an unroll starts from: the optimizer's fresh one where `reset`, else `state`."""
+        fresh = self.optimizer.initial_state(params)
+        return tf.nest.map_structure(lambda f, s: tf.where(reset, f, s), fresh, state)
+
+    def forward(self, params, state, subset, batches, initial_objective, reset):
         """(meta-objective, objectives [T + 1], params_T, state_T) of one unroll, to be differentiated."""
-        if state is None:
-            state = self.optimizer.initial_state(params)
+        state = self.start(params, state, reset)
         num_steps = tf.shape(batches)[0]
         losses = tf.TensorArray(tf.float32, size=num_steps)
         for t in tf.range(num_steps):
@@ -86,16 +102,18 @@ class Unroller:
                                                   self.use_numerator_epsilon)
         return objective, objectives, params, state
 
-    def meta_gradient(self, params, state, subset, batches, initial_objective):
+    def meta_gradient(self, params, state, subset, batches, initial_objective, reset=False):
         """The sanitized meta-gradient of one unroll (zeros for unconnected meta-parameters), for tests and tools."""
+        params, state, reset = self._inputs(params, state, reset)
         with tf.GradientTape() as tape:
-            objective, _, _, _ = self.forward(params, state, subset, batches, initial_objective)
+            objective, _, _, _ = self.forward(params, state, subset, batches, initial_objective, reset)
             objective = self._with_l2(objective)
         return meta_optimizer_lib.sanitize(tape.gradient(objective, self.variables), self.variables, self.clip_level)
 
-    def _train_unroll(self, params, state, subset, batches, initial_objective):
+    def _train_unroll(self, params, state, subset, batches, initial_objective, reset):
         with tf.GradientTape() as tape:
-            objective, objectives, params, state = self.forward(params, state, subset, batches, initial_objective)
+            objective, objectives, params, state = self.forward(params, state, subset, batches, initial_objective,
+                                                                reset)
             regularised = self._with_l2(objective)
         meta_optimizer_lib.apply_sanitized(self.meta_optimizer, tape.gradient(regularised, self.variables),
                                            self.variables, self.clip_level)
@@ -108,17 +126,26 @@ class Unroller:
         return objective + self.l2_reg * tf.add_n([tf.reduce_sum(tf.square(v)) for v in self.variables])
 
     # -- validation ---------------------------------------------------------------------------------------------
-    def final_loss(self, params, state, subset, batches):
-        """The original's validation cost of one run (§3.5): with N = len(batches) steps planned, f on `subset`
-        at the parameters before the last update, i.e. after N - 1 steps (the last unroll's last objective)."""
-        params = [tf.convert_to_tensor(p) for p in params]
-        return float(self._final(params, state, tf.constant(subset), tf.constant(batches)))
+    def validation_cost(self, params, state, subset, unroll_batches, reset=False):
+        """The original's validation cost of one run (§3.5): the unrolls of `unroll_batches` (one [T, batch] array
+        each) with no meta-update; the last unroll's last objective, i.e. f on `subset` at the parameters before the
+        run's last update. Compiled once per unroll length (XLA unless the problem has convolutions)."""
+        params, state, reset = self._inputs(params, state, reset)
+        subset, cost = tf.constant(subset), None
+        for i, batches in enumerate(unroll_batches):
+            last = i == len(unroll_batches) - 1
+            params, state, cost = self._validation(params, state, subset, tf.constant(batches), reset,
+                                                   tf.constant(last))
+            reset = tf.constant(False)
+        return float(cost)
 
-    def _final_loss(self, params, state, subset, batches):
-        if state is None:
-            state = self.optimizer.initial_state(params)
-        for t in tf.range(tf.shape(batches)[0] - 1):
+    def _validation_unroll(self, params, state, subset, batches, reset, last):
+        state = self.start(params, state, reset)
+        before = params
+        for t in tf.range(tf.shape(batches)[0]):
+            before = params
             loss, gradients = self.minibatch_gradient(params, batches[t])
             deltas, state = self.optimizer.step(gradients, state, loss)
             params = meta.add(params, deltas)
-        return self.subset_loss(params, subset)
+        cost = tf.cond(last, lambda: self.subset_loss(before, subset), lambda: tf.constant(0.0))
+        return params, state, cost

@@ -274,8 +274,9 @@ def test_unroll_objectives_and_meta_objective_match_numpy(small_mnist, log):
     """T = 4: F = [f(x_0), f(x_0), f(x_1), f(x_2), f(x_3)] on the whole subset, the steps on minibatches; f_0 given."""
     u = make_unroller(small_mnist, use_log_objective=log)
     subset, batches, params = small_plan(small_mnist, 4)
-    objective, objectives, params_t, _ = u.forward([tf.constant(p) for p in params], None, tf.constant(subset),
-                                                   tf.constant(batches), tf.constant(7.5))
+    state = [tf.zeros_like(p) for p in params]  # replaced by the fresh one
+    objective, objectives, params_t, _ = u.forward([tf.constant(p) for p in params], state, tf.constant(subset),
+                                                   tf.constant(batches), tf.constant(7.5), tf.constant(True))
     images, labels = small_mnist.images.numpy(), small_mnist.labels.numpy()
     momentum = [np.full(p.shape, 0.3) for p in params]
     expected = np_unroll([p.astype(np.float64) for p in params], momentum, -2.0, images, labels, subset, batches,
@@ -319,7 +320,7 @@ def test_train_unroll_applies_tf1_rmsprop_and_carries_the_state(small_mnist):
     state = [tf.fill(p.shape, 0.7) for p in params]
     args = ([tf.constant(p) for p in params], state, tf.constant(subset), tf.constant(batches), tf.constant(3.0))
     gradients = [g.numpy() for g in u.meta_gradient(*args)]
-    _, _, expected_params, expected_state = u.forward(*args)
+    _, _, expected_params, expected_state = u.forward(*args, tf.constant(False))
     before = [v.numpy() for v in u.variables]
     params_t, state_t, objectives, _ = u.train_unroll(params, state, subset, batches, 3.0)
     assert gradients[1] == 0.0 and gradients[0] != 0.0
@@ -332,7 +333,8 @@ def test_train_unroll_applies_tf1_rmsprop_and_carries_the_state(small_mnist):
     assert objectives.shape == (4,)
 
 
-def test_final_loss_is_the_subset_loss_before_the_last_update(small_mnist):
+def test_validation_cost_is_the_subset_loss_before_the_last_update(small_mnist):
+    """Two unrolls of 3 and 2 steps: the cost is f(theta_4), the run's last objective."""
     u = make_unroller(small_mnist)
     subset, batches, params = small_plan(small_mnist, 5)
     images, labels = small_mnist.images.numpy(), small_mnist.labels.numpy()
@@ -340,4 +342,4 @@ def test_final_loss_is_the_subset_loss_before_the_last_update(small_mnist):
     # the numpy unroll's objectives end with f(theta_4) = f before the 5th update
     expected = np_unroll([p.astype(np.float64) for p in params], momentum, -2.0, images, labels, subset, batches,
                          1.0)[0][-1]
-    assert u.final_loss(params, None, subset, batches) == pytest.approx(expected, rel=2e-5)
+    assert u.validation_cost(params, None, subset, [batches[:3], batches[3:]]) == pytest.approx(expected, rel=2e-5)
