@@ -133,7 +133,8 @@ class Trainer:
         with tf.GradientTape() as tape:
             meta_loss, final_loss, params, state, objective = self._forward(trajectory, tape)
         # zeros for weights the unroll does not reach (L2O-Scale's initial-state vectors, used before the tape)
-        gradients = tape.gradient(objective, self.variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        gradients = [tf.zeros(v.shape) if g is None else g
+                     for g, v in zip(tape.gradient(objective, self.variables), self.variables)]
         applied = apply_if_finite(self.optimizer, gradients, self.variables, meta_loss)
         return params, state, meta_loss, final_loss, applied
 
