@@ -323,6 +323,9 @@ def test_finite_meta_gradient_through_a_short_unroll():
     assert len(computed) >= 25 and all(np.all(np.isfinite(g)) for g in computed)
     lr_weights = opt.original_variables()["LOL/learning_rate_weights"]
     assert np.abs(named[lr_weights.path]).max() > 0  # the learning-rate path carries meta-gradient
+    before = lr_weights.numpy()
+    _, meta_loss, _, applied = trainer.train_unroll(trainer.new_trajectory())  # compiled, with the meta-Adam step
+    assert applied and np.isfinite(meta_loss) and not np.array_equal(lr_weights.numpy(), before)
 
 
 def test_wrong_gradients_are_clear_errors():
