@@ -1,7 +1,6 @@
 """L2O-Scale's hierarchical RNN against an independent float64 numpy reading of SPEC_SCALE §1, and its checkpoints."""
 import math
 import os
-import shutil
 
 import keras
 import numpy as np
@@ -15,16 +14,14 @@ from l2o_scale import hierarchical_rnn
 from l2o_tf import errors
 from l2o_tf import meta
 from l2o_tf import problems
-from l2o_tf import rules
 
-ORIGINAL = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference", "original_models",
-                        "scale_cl_il")
 SHAPES = [(6, 3), (3,), (3, 2), (2,)]  # a small MLP's tensors, in problem order
 
 
 def require_original():
-    require_shared("reference", "original_models", "scale_cl_il", "model.ckpt-0.index")
-    return os.path.join(ORIGINAL, "model.ckpt-0")
+    """The shipped original checkpoint's prefix (skip without ../shared, fail with $L2O_REQUIRE_SHARED=1)."""
+    index = require_shared("reference", "original_models", "scale_cl_il", "model.ckpt-0.index")
+    return index[:-len(".index")]
 
 
 # -- independent numpy reference (float64), written from SPEC_SCALE §1.3-§1.5 ------------------------------------
@@ -346,7 +343,7 @@ def test_import_reads_every_variable_by_name():
     for name, var in opt.original_variables().items():
         np.testing.assert_array_equal(var.numpy(), tensors[name])
     assert int(tensors["global_step"]) == 6  # the 6-step smoke test of SPEC_SCALE §8.8
-    by_dir = l2o_scale.load(ORIGINAL)
+    by_dir = l2o_scale.load(os.path.dirname(path))
     np.testing.assert_array_equal(by_dir.original_variables()["LOL/update_weights"].numpy(),
                                   tensors["LOL/update_weights"])
     assert l2o_scale.load(path, init_lr_range=(1e-5, 1e-3)).init_lr_range == (1e-5, 1e-3)
