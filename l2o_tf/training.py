@@ -27,7 +27,6 @@ import tensorflow as tf
 from absl import logging
 from tensorflow.core.framework import summary_pb2
 
-from l2o_tf import config as config_lib
 from l2o_tf import curriculum
 from l2o_tf import errors
 from l2o_tf import fileio
@@ -65,6 +64,29 @@ class MetaTraining:
         self.cell = cell or networks.for_problem(config.net, problem.name, seed=self.seed, **config.cell)
         if not self.cell.built:
             self.cell.build()
+        self._build_trainers()
+        self.curriculum = curriculum.Curriculum(config.schedule, config.min_num_eval, enabled=config.if_cl)
+        self.epoch = 0
+        self.training_epochs = 0  # epochs that trained on the meta-loss (the self-improving decay counts these)
+        self.imitation_task, self.skipped_updates = 0, 0
+        self.finished = False  # the curriculum ended the run: running the command again does nothing
+        self.history = []
+        self._progress = tf.Variable("", dtype=tf.string, trainable=False)
+        self._checkpoint = tf.train.Checkpoint(**self._checkpointed(), rngs=self.rngs, progress=self._progress)
+        self._manager = None
+        if config.save_path:
+            self._manager = tf.train.CheckpointManager(
+                self._checkpoint, os.path.join(config.save_path, CHECKPOINT_DIR), max_to_keep=2)
+        self._summaries = (tf.summary.create_file_writer(config.tensorboard_dir)
+                           if config.tensorboard_dir else None)
+        self.resumed = self._restore()
+        if not self.resumed:
+            self.history.append({"epoch": 0, "kind": "start", "problem": problem.name, "seed": self.seed,
+                                 "data_source": data_source(problem), "config": config.as_dict()})
+
+    def _build_trainers(self):
+        """The meta-trainer, the validator and the imitation teachers (L2O-Scale's subclass builds its own)."""
+        config, problem = self.config, self.problem
         self.mixture = None
         if config.self_improving:
             auxiliaries = [optimizers.get(name, TEACHER_LEARNING_RATE) for name in config.auxiliary_optimizers]
@@ -79,27 +101,11 @@ class MetaTraining:
                                                        self.rngs["imitation"], config.k))
                 self.imitators.append(imitation.ImitationTrainer(self.cell, config.learning_rate,
                                                                  config.unroll_length, problem.param_shapes))
-        self.curriculum = curriculum.Curriculum(config.schedule, config.min_num_eval, enabled=config.if_cl)
-        self.epoch = 0
-        self.training_epochs = 0  # epochs that trained on the meta-loss (the self-improving decay counts these)
-        self.imitation_task, self.skipped_updates = 0, 0
-        self.finished = False  # the curriculum ended the run: running the command again does nothing
-        self.history = []
-        self._progress = tf.Variable("", dtype=tf.string, trainable=False)
-        self._checkpoint = tf.train.Checkpoint(
-            weights={v.name: v for v in self.cell.weights},
-            meta_optimizer=self.trainer.optimizer, imitation_optimizers=[i.optimizer for i in self.imitators],
-            rngs=self.rngs, progress=self._progress)
-        self._manager = None
-        if config.save_path:
-            self._manager = tf.train.CheckpointManager(
-                self._checkpoint, os.path.join(config.save_path, CHECKPOINT_DIR), max_to_keep=2)
-        self._summaries = (tf.summary.create_file_writer(config.tensorboard_dir)
-                           if config.tensorboard_dir else None)
-        self.resumed = self._restore()
-        if not self.resumed:
-            self.history.append({"epoch": 0, "kind": "start", "problem": problem.name, "seed": self.seed,
-                                 "data_source": data_source(problem), "config": config.as_dict()})
+
+    def _checkpointed(self):
+        """What the resume checkpoint holds besides the generators and the progress record."""
+        return {"weights": {v.name: v for v in self.cell.weights}, "meta_optimizer": self.trainer.optimizer,
+                "imitation_optimizers": [i.optimizer for i in self.imitators]}
 
     # -- one epoch ------------------------------------------------------------------------------------------------
     def num_unrolls(self, steps):
@@ -267,7 +273,7 @@ class MetaTraining:
                                       "(checkpoint.npz); continue it with that version or use a fresh --save_path")
             return False
         state = _read_progress(path)
-        saved = {k: state["config"].get(k) for k in config_lib.RESUME_MUST_MATCH}
+        saved = {k: state["config"].get(k) for k in self.config.resume_key()}
         mismatched = {k: (v, saved[k]) for k, v in self.config.resume_key().items() if saved[k] != v}
         if mismatched:
             raise errors.UsageError(f"{self.config.save_path} holds a run with other settings: " + ", ".join(

@@ -343,3 +343,67 @@ def test_validation_cost_is_the_subset_loss_before_the_last_update(small_mnist):
     expected = np_unroll([p.astype(np.float64) for p in params], momentum, -2.0, images, labels, subset, batches,
                          1.0)[0][-1]
     assert u.validation_cost(params, None, subset, [batches[:3], batches[3:]]) == pytest.approx(expected, rel=2e-5)
+
+
+# -- §3-§4 end to end: curriculum, imitation, files, resume ----------------------------------------------------------
+
+import json  # noqa: E402
+import os  # noqa: E402
+
+from l2o_scale import checkpoint, config as scale_config, meta_training  # noqa: E402
+from l2o_tf import curriculum  # noqa: E402
+
+
+def tiny_config(train_dir, **overrides):
+    """CL over 6, 9, 12 steps in unrolls of 3, imitation half of the time, one validation run, subsets of 200."""
+    values = dict(train_dir=str(train_dir), if_cl=True, if_mt=True, mt_ratio=0.5, fix_unroll=True,
+                  fix_unroll_length=3, num_steps_schedule=(6, 9, 12), num_meta_iterations=4, evaluation_epochs=1,
+                  mini_batch_size=200, use_second_derivatives=False, meta_learning_rate=1e-3, seed=3,
+                  min_num_eval=2)
+    values.update(overrides)
+    return scale_config.ScaleConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def mnist_600():
+    rng = np.random.default_rng(12)
+    images = rng.uniform(0, 1, size=[600, 28, 28, 1]).astype(np.float32)
+    return problems.get("mnist", dataset=(images, rng.integers(0, 10, size=600).astype(np.int32)))
+
+
+def test_tiny_metarun_with_curriculum_and_imitation_then_resume(mnist_600, tmp_path):
+    first = meta_training.ScaleTraining(tiny_config(tmp_path, num_meta_iterations=3), mnist_600)
+    initial = {name: v.numpy().copy() for name, v in first.cell.original_variables().items()}
+    first.run()
+    assert first.epoch == 3 and not first.resumed
+    resumed = meta_training.ScaleTraining(tiny_config(tmp_path, num_meta_iterations=6), mnist_600)
+    assert resumed.resumed and resumed.epoch == 3
+    updates = int(resumed.iterations.meta_optimizer.iterations)
+    assert updates == int(first.iterations.meta_optimizer.iterations) > 0
+    resumed.run()
+    logdir = tmp_path / scale_config.LOGDIR_NAME
+    history = json.loads((logdir / "history.json").read_text())
+    epochs = [r for r in history if r["kind"] in ("train", "imitation[adam]")]
+    assert [r["epoch"] for r in epochs] == list(range(1, resumed.epoch + 1))
+    assert {r["kind"] for r in epochs} == {"train", "imitation[adam]"}
+    # one meta-update per unroll: training and imitation share the RMSProp and its iteration counter
+    assert int(resumed.iterations.meta_optimizer.iterations) == updates + sum(
+        r["applied"] for r in epochs if r["epoch"] > 3)
+    # the curriculum's decisions are the state machine's on the recorded costs (restart at each new stage)
+    replay = curriculum.Curriculum((6, 9, 12), min_num_eval=2)
+    for record in history:
+        if record["kind"] == "validation":
+            assert replay.observe(record["cost"]) == record["decision"] and record["stage"] == replay.stage
+            assert record["steps"] == replay.valid_steps or record["decision"] == curriculum.ADVANCE
+        elif record["kind"] == "stage":
+            replay.start_stage(record["baseline"])
+    assert any(r.get("decision") == curriculum.IMPROVED for r in history)
+    # files: the best model in the original's TF1 format, loadable, trained (moved), with RMSProp slots
+    assert (logdir / "model.ckpt-0.index").exists() and (logdir / "checkpoint").exists()
+    best = checkpoint.load(str(logdir / "model.ckpt-0"))
+    assert any(np.any(v.numpy() != initial[name]) for name, v in best.original_variables().items())
+    moved = max(np.max(np.abs(v.numpy() - initial[name])) for name, v in resumed.cell.original_variables().items())
+    assert moved > 1e-6  # steps of ~lr * g: the mean square starts at 1
+    _, tensors = checkpoint.read(str(logdir / "model.ckpt-0"))
+    assert int(tensors["global_step"]) > 0
+    assert np.all(tensors["LOL/update_weights/RMSProp"] < 1.0)  # ms started at 1 and decayed with the updates
