@@ -407,3 +407,79 @@ def test_tiny_metarun_with_curriculum_and_imitation_then_resume(mnist_600, tmp_p
     _, tensors = checkpoint.read(str(logdir / "model.ckpt-0"))
     assert int(tensors["global_step"]) > 0
     assert np.all(tensors["LOL/update_weights/RMSProp"] < 1.0)  # ms started at 1 and decayed with the updates
+
+
+# -- §4.2 the shared imitation code with Scale's options ---------------------------------------------------------
+
+from l2o_tf import imitation, optimizers  # noqa: E402
+
+
+def np_adam_steps(gradients, lr=0.01, b1=0.9, b2=0.999, eps=1e-8):
+    m = v = 0.0
+    for t, g in enumerate(gradients, 1):
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+        yield -lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t) * m / (np.sqrt(v) + eps)
+
+
+def test_teacher_from_a_given_start_on_given_minibatches(small_mnist):
+    """k = 2: recorded gradient i is at the teacher's iterate after 2i steps on minibatch 2i; step i spans 2 steps."""
+    rng = np.random.default_rng(13)
+    params = [0.1 * p for p in plans.optimizee_init(rng, small_mnist.param_shapes)]
+    batches = plans.batch_indices(rng, 300, 6, 16)
+    teacher = imitation.Teacher(small_mnist, optimizers.Adam(0.01), tf.random.Generator.from_seed(0), k=2)
+    gradients, steps = (a.numpy() for a in teacher.trajectory(3, params=params, batches=batches))
+    x = small_mnist.images.numpy().reshape(300, -1).astype(np.float64)
+    y = small_mnist.labels.numpy()
+    flat = np.concatenate([p.ravel() for p in params]).astype(np.float64)
+    shapes = small_mnist.param_shapes
+    split = np.cumsum([int(np.prod(s)) for s in shapes])[:-1]
+
+    def gradient(v, batch):
+        tensors = [piece.reshape(s) for piece, s in zip(np.split(v, split), shapes)]
+        return np.concatenate([g.ravel() for g in np_mlp_loss_and_gradient(tensors, x[batch], y[batch])[1]])
+
+    iterates, recorded = [flat], []
+    m, v = np.zeros_like(flat), np.zeros_like(flat)
+    for t, batch in enumerate(batches, 1):
+        g = gradient(iterates[-1], batch)
+        recorded.append(g)
+        m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+        iterates.append(iterates[-1] - 0.01 * np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t) * m / (np.sqrt(v) + 1e-8))
+    np.testing.assert_allclose(gradients, np.stack(recorded[::2]), rtol=1e-3, atol=1e-6)
+    # Adam divides by sqrt(v): where a gradient is ~0 its float32 rounding shows; 2e-5 is 0.2% of a step of lr
+    np.testing.assert_allclose(steps, np.stack([iterates[i + 2] - iterates[i] for i in (0, 2, 4)]), rtol=1e-3,
+                               atol=2e-5)
+    with pytest.raises(ValueError):
+        teacher.trajectory(4, params=params, batches=batches)  # 4 steps of k = 2 need 8 minibatches
+
+
+def test_imitation_trainer_with_scales_options():
+    """Unrolls of 2 then 3 steps from a given state, each step's loss weighted 1/T, the shared optimizer applied by
+    the given rule; the state goes on across unrolls and is kept."""
+    rule = MomentumRule()
+    rule.build()
+    rng = np.random.default_rng(14)
+    shapes = [(3, 2), (4,)]
+    gradients = rng.normal(size=[5, 10]).astype(np.float32)
+    steps = rng.normal(size=[5, 10]).astype(np.float32) * 0.1
+    applied_to = []
+
+    def record(optimizer, grads, variables, loss):
+        applied_to.append(optimizer)
+        return tf.constant(True)
+
+    shared = meta_optimizer.TF1RMSProp()
+    trainer = imitation.ImitationTrainer(rule, param_shapes=shapes, optimizer=shared, apply=record,
+                                         average_over_unroll=True)
+    state = [tf.fill(s, 0.2) for s in shapes]
+    loss, applied = trainer.train_epoch(tf.constant(gradients), tf.constant(steps), state=state,
+                                        unroll_lengths=[2, 3])
+    m, losses = np.full(10, 0.2), []
+    for t in range(5):
+        m = 0.5 * m + gradients[t]
+        losses.append(0.5 * np.sum((steps[t] + np.exp(-2.0) * m) ** 2) / 10)
+    assert applied == 2 and applied_to == [shared, shared]
+    assert loss == pytest.approx(np.mean(losses[2:]), rel=1e-5)
+    np.testing.assert_allclose(np.concatenate([s.numpy().ravel() for s in trainer.state]), m, rtol=1e-5)
+    with pytest.raises(ValueError):
+        trainer.train_epoch(tf.constant(gradients), tf.constant(steps), unroll_lengths=[3, 3])
