@@ -93,11 +93,13 @@ def np_step(w, gradients, states, global_state, max_log_lr=33.0):
 def to_numpy_states(state):
     out = []
     for t in state.tensors:
-        s = {k: np.asarray(getattr(t, k), np.float64) for k in ("parameter", "layer", "scl_decay", "inp_decay",
-                                                                "log_learning_rate")}
+        # the optimizer keeps per-coordinate states feature-major, (k, n): the original's (n, k) transposed
+        s = {k: np.asarray(getattr(t, k), np.float64).T for k in ("parameter", "scl_decay", "inp_decay",
+                                                                  "log_learning_rate")}
+        s["layer"] = np.asarray(t.layer, np.float64)
         for i in range(4):
-            s[f"grad_accum{i + 1}"] = np.asarray(t.grad_accum[:, i:i + 1], np.float64)
-            s[f"ms{i + 1}"] = np.asarray(t.ms[:, i:i + 1], np.float64)
+            s[f"grad_accum{i + 1}"] = np.asarray(t.grad_accum[i:i + 1], np.float64).T
+            s[f"ms{i + 1}"] = np.asarray(t.ms[i:i + 1], np.float64).T
         out.append(s)
     return out, np.asarray(state.global_state, np.float64)
 
@@ -212,12 +214,12 @@ def test_features_of_a_hand_worked_gradient_sequence():
     """One coordinate, g = 2 then -2; then decays 1/256 (timescales 1/256, 1/16, 1/4, 1/2) and scale decay 1/2."""
     opt = hierarchical_rnn.HierarchicalRNN(seed=0)
     lr = tf.constant([[-5.0]])
-    state = hierarchical_rnn.TensorState(parameter=tf.zeros([1, 10]), layer=tf.zeros([1, 20]),
+    state = hierarchical_rnn.TensorState(parameter=tf.zeros([10, 1]), layer=tf.zeros([1, 20]),
                                          scl_decay=tf.zeros([1, 1]), inp_decay=tf.zeros([1, 1]),
-                                         log_learning_rate=lr, grad_accum=tf.zeros([1, 4]), ms=tf.zeros([1, 4]))
+                                         log_learning_rate=lr, grad_accum=tf.zeros([4, 1]), ms=tf.zeros([4, 1]))
     x, scaled, accum, ms = opt.features(tf.constant([[2.0]]), state, -6.0)
     a1 = math.asinh(1.0)  # first step: every momentum is g, every ms is g^2 (+1e-12)
-    np.testing.assert_allclose(x.numpy()[0], [a1] * 4 + [a1 * a1] * 3 + [0.0] * 4 + [1.0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(x.numpy()[:, 0], [a1] * 4 + [a1 * a1] * 3 + [0.0] * 4 + [1.0], rtol=1e-6, atol=1e-6)
     state = state._replace(scl_decay=tf.constant([[0.5]]), inp_decay=tf.constant([[1 / 256]]), grad_accum=accum, ms=ms)
     x, _, accum, ms = opt.features(tf.constant([[-2.0]]), state, -5.5)
     m = [-2 + 4 / 256, -2 + 4 / 16, -2 + 4 / 4, 0.0]  # (1 - d) * (-2) + d * 2
@@ -225,21 +227,20 @@ def test_features_of_a_hand_worked_gradient_sequence():
     s = [math.asinh(v / math.sqrt(q)) for v, q in zip(m, mean_sq)]
     logs = [math.log(q) for q in mean_sq]
     expected = s + [s[0] * s[1], s[1] * s[2], s[2] * s[3]] + [l - sum(logs) / 4 for l in logs] + [0.5]
-    np.testing.assert_allclose(accum.numpy()[0], m, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(ms.numpy()[0], mean_sq, rtol=1e-6)
-    np.testing.assert_allclose(x.numpy()[0], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(accum.numpy()[:, 0], m, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(ms.numpy()[:, 0], mean_sq, rtol=1e-6)
+    np.testing.assert_allclose(x.numpy()[:, 0], expected, rtol=1e-5, atol=1e-6)
 
 
 def test_first_step_rule_is_per_tensor_and_scale():
     """A scale whose ms is all zero takes g^2 undecayed; a scale with any non-zero entry decays (§1.5)."""
     opt = hierarchical_rnn.HierarchicalRNN(seed=0)
-    ms = tf.constant([[0.0, 0.0], [0.0, 9.0]])  # coordinates x scales (first two scales only shown)
-    ms = tf.concat([ms, tf.zeros([2, 2])], 1)
-    state = hierarchical_rnn.TensorState(tf.zeros([2, 10]), tf.zeros([1, 20]), tf.fill([2, 1], 0.5),
-                                         tf.zeros([2, 1]), tf.zeros([2, 1]), tf.zeros([2, 4]), ms)
-    _, _, _, new_ms = opt.features(tf.constant([[1.0], [2.0]]), state, 0.0)
-    np.testing.assert_allclose(new_ms.numpy()[:, 0], [1.0, 4.0], rtol=1e-6)  # all zero: no decay
-    np.testing.assert_allclose(new_ms.numpy()[:, 1], [0.5, 0.5 * 4 + 0.5 * 9], rtol=1e-6)
+    ms = tf.constant([[0.0, 0.0], [0.0, 9.0], [0.0, 0.0], [0.0, 0.0]])  # scales x coordinates
+    state = hierarchical_rnn.TensorState(tf.zeros([10, 2]), tf.zeros([1, 20]), tf.fill([1, 2], 0.5),
+                                         tf.zeros([1, 2]), tf.zeros([1, 2]), tf.zeros([4, 2]), ms)
+    _, _, _, new_ms = opt.features(tf.constant([[1.0, 2.0]]), state, 0.0)
+    np.testing.assert_allclose(new_ms.numpy()[0], [1.0, 4.0], rtol=1e-6)  # all zero: no decay
+    np.testing.assert_allclose(new_ms.numpy()[1], [0.5, 0.5 * 4 + 0.5 * 9], rtol=1e-6)
 
 
 def test_initial_state_and_its_seed():
@@ -255,7 +256,7 @@ def test_initial_state_and_its_seed():
         lr = x.log_learning_rate.numpy()
         assert lr.min() >= math.log(1e-6) and lr.max() <= math.log(1e-2)
         np.testing.assert_array_equal(x.parameter, np.tile(opt.original_variables()["LOL/Level0_RNN/init_vector"],
-                                                           [lr.shape[0], 1]))
+                                                           [lr.shape[1], 1]).T)
     same = hierarchical_rnn.HierarchicalRNN(seed=3, init_lr_range=(1e-3, 1e-3)).initial_state(SHAPES)
     np.testing.assert_allclose(same.tensors[0].log_learning_rate, math.log(1e-3), rtol=1e-6)
     opt.reseed(5)  # inside tf.function, the same draws as eagerly
@@ -286,7 +287,7 @@ def test_documented_fixes_change_what_they_say():
     assert np.abs(s1.global_state - s0.global_state).max() > 1e-3
     # smoothed: exp(new_log_lr + offset) instead of exp(step_log_lr + offset); new - step = -lrm * lr_change
     w = weights_of(opt)
-    h = s0.tensors[0].parameter.numpy()
+    h = s0.tensors[0].parameter.numpy().T
     lr_change = h @ w["LOL/learning_rate_weights"] + w["LOL/learning_rate_bias"]
     lrm = 1 / (1 + math.exp(-float(w["LOL/PerTensor/learning_rate_momentum_logit"])))
     np.testing.assert_allclose(d2[0].numpy().reshape(-1, 1), d0[0].numpy().reshape(-1, 1) * np.exp(-lrm * lr_change),
