@@ -1,4 +1,4 @@
-"""Meta-train L2O-Scale: the original `l2o-scale-regularize-train/metarun.py` flags and defaults (SPEC_SCALE §7.1).
+r"""Meta-train L2O-Scale: the original `l2o-scale-regularize-train/metarun.py` flags and defaults (SPEC_SCALE §7.1).
 
 The README's run (curriculum + imitation; its regulariser is off, --regularize_time=none):
 

@@ -483,3 +483,58 @@ def test_imitation_trainer_with_scales_options():
     np.testing.assert_allclose(np.concatenate([s.numpy().ravel() for s in trainer.state]), m, rtol=1e-5)
     with pytest.raises(ValueError):
         trainer.train_epoch(tf.constant(gradients), tf.constant(steps), unroll_lengths=[3, 3])
+
+
+# -- the command line: bad input is one line, before TensorFlow loads ----------------------------------------------
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+CHECK_WITHOUT_TENSORFLOW = """
+import json, sys
+from absl import flags
+from l2o_scale import metarun
+for args in json.loads(sys.argv[1]):
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["metarun"] + args)
+    try:
+        print(metarun.scale_config())
+    except Exception as e:
+        print(f"error: {e}")
+print("tensorflow loaded" if "tensorflow" in sys.modules else "no tensorflow")
+"""
+
+BAD_FLAGS = [
+    ([], "no training problem selected"),
+    (["--include_mnist_conv_problems"], "ConvNets are not implemented"),
+    (["--include_mnist_mlp_problems", "--reg_optimizer", "--regularize_time=posterior"], "--regularize_time=none"),
+    (["--include_mnist_mlp_problems", "--reg_optimizee"], "--reg_optimizee"),
+    (["--include_mnist_mlp_problems", "--use_attention"], "default architecture only"),
+    (["--include_mnist_mlp_problems", "--num_problems=2"], "--num_problems=2"),
+    (["--include_mnist_mlp_problems", "--fix_num_steps=10"], "shorter than one unroll"),
+    (["--include_mnist_mlp_problems", "--mt_ratio=1.5"], "--mt_ratio"),
+    (["--include_mnist_mlp_problems", "--if_cl", "--num_steps_schedule=100 50"], "--num_steps_schedule"),
+]
+README_FLAGS = ["--train_dir=hess_cl_mt", "--regularize_time=none", "--alpha=1e-4", "--reg_optimizer=True",
+                "--reg_option=hessian-esd", "--include_mnist_mlp_problems", "--num_problems=1",
+                "--num_meta_iterations=100", "--fix_unroll=True", "--fix_unroll_length=20", "--evaluation_period=1",
+                "--evaluation_epochs=5", "--use_second_derivatives=False", "--if_cl=True", "--if_mt=True",
+                "--mt_ratio=0.1", "--mt_k=1"]
+
+
+def test_flags_are_checked_before_tensorflow_loads():
+    """Bad input is one `error:` line; the README's flags (its regulariser off by --regularize_time=none) are a valid
+    configuration with the original's defaults; TensorFlow is never imported for either."""
+    cases = [args for args, _ in BAD_FLAGS] + [README_FLAGS]
+    result = subprocess.run([sys.executable, "-c", CHECK_WITHOUT_TENSORFLOW, json.dumps(cases)],
+                            capture_output=True, text=True, timeout=300)
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1] == "no tensorflow" and len(lines) == len(cases) + 1, result.stdout + result.stderr
+    for line, (_, message) in zip(lines, BAD_FLAGS):
+        assert line.startswith("error: ") and message in line, line
+    readme = lines[len(BAD_FLAGS)]
+    assert not readme.startswith("error")
+    for field in ("if_cl=True", "if_mt=True", "mt_ratio=0.1", "meta_learning_rate=1e-06", "evaluation_epochs=5",
+                  "use_second_derivatives=False", "num_meta_iterations=100", "reset_rnn_params=True",
+                  "num_steps_schedule=(100, 200, 500, 1000, 1500, 2000, 2500, 3000, 3500, 4000, 4500, 5000)"):
+        assert field in readme
