@@ -403,3 +403,16 @@ def test_bad_checkpoints_are_one_line_errors(tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match="no checkpoint"):
         l2o_scale.load(tmp_path / "empty")
     assert issubclass(checkpoint.CheckpointError, errors.L2OError)
+
+
+def test_keras_model_fit_with_the_learned_optimizer():
+    from l2o_tf.keras_optimizer import LearnedOptimizer  # pylint: disable=import-outside-toplevel
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 8)).astype(np.float32)
+    y = (x[:, :1] > 0).astype(np.float32)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="tanh"), keras.layers.Dense(1)])
+    opt = hierarchical_rnn.HierarchicalRNN(seed=0, init_lr_range=(1e-2, 1e-2))
+    model.compile(optimizer=LearnedOptimizer(opt), loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    losses = model.fit(x, y, epochs=4, batch_size=32, verbose=0).history["loss"]
+    assert np.all(np.isfinite(losses)) and losses[-1] < 0.9 * losses[0]
