@@ -143,7 +143,8 @@ def run_all(optimizer, seeds, groups, prefix, overrides):
             fileio.atomic_save_npz(path + ".npz", losses=losses, flags=json.dumps(run_flags))
             summary.append((group, seed, float(np.mean(losses[-100:])), path))
     for group, seed, final, path in summary:
-        print(f"{group} seed {seed}: mean loss of the last 100 steps {final:.4f} (ln {np.log(final):.3f})  -> {path}")
+        print(f"{group} seed {seed}: mean loss of the last {min(100, FLAGS.num_testing_itrs)} steps {final:.4f} "
+              f"(ln {np.log(final):.3f})  -> {path}")
     print(f"Loss records in {FLAGS.save_dir} ({time.time() - start:.1f} s)")
 
 
