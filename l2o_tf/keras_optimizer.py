@@ -159,6 +159,11 @@ class GuardedModel(keras.Model):
         metrics = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
         return {**metrics, "learned_step": self.learned_step.result()}
 
+    def test_step(self, data):
+        logs = super().test_step(data)
+        logs.pop("learned_step", None)  # a training behaviour: nothing to report when evaluating
+        return logs
+
     def _candidate_losses(self, candidates):
         """The loss at each candidate (a list of trainable-variable values) on the current batch."""
         if self._batch is None:
