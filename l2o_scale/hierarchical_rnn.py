@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from l2o_tf import rules
+from l2o_tf import seeding
 
 SCOPE = "LOL"
 LEVEL_SIZES = (10, 20, 20)
@@ -157,7 +158,7 @@ class HierarchicalRNN(keras.layers.Layer, rules.UpdateRule):
         self.cells = [BiasGRUCell(size, seed=self._next_seed(), name=f"level{i}_gru", **cell)
                       for i, size in enumerate(self.level_sizes)]
         self._rng = (tf.random.Generator.from_non_deterministic_state() if seed is None
-                     else tf.random.Generator.from_seed(int(seed) + 1000))
+                     else seeding.generator(seed, "initial learning rates"))
 
     # -- variables ----------------------------------------------------------------------------------------------
     def build(self, input_shape=None):
@@ -221,7 +222,7 @@ class HierarchicalRNN(keras.layers.Layer, rules.UpdateRule):
     # -- update-rule protocol -----------------------------------------------------------------------------------
     def reseed(self, seed):
         """Restart the generator of the initial log learning rates (what `initial_state` draws without `rng`)."""
-        self._rng.reset_from_seed(int(seed) + 1000)
+        seeding.reset(self._rng, seed, "initial learning rates")
 
     def initial_state(self, params, rng=None):
         """The original's reset state for `params` (tensors, variables or shapes), in problem order (§1.4)."""

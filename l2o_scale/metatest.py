@@ -21,6 +21,7 @@ from l2o_scale import checkpoint
 from l2o_tf import cli
 from l2o_tf import datasets
 from l2o_tf import errors
+from l2o_tf import seeding
 
 FLAGS = flags.FLAGS
 OPTIMIZERS = {"l2o": "L2o", "sgd": "SGD", "adam": "Adam", "adagrad": "Adagrad"}
@@ -114,10 +115,10 @@ def run_all(optimizer, seeds, groups, prefix, overrides):
         problem = eval_problems.get(group, data_dir=FLAGS.data_dir, download=FLAGS.download)
         # several groups would write the same files in the original (each overwriting the last): keep them apart
         model_name = FLAGS.model_name if len(groups) == 1 else f"{FLAGS.model_name}-{group}"
-        generator = tf.random.Generator.from_seed(seeds[0])
+        generator = seeding.generator(seeds[0])
         runner = meta.Runner(problem, rule, generator)  # one per group: its compiled loop serves every seed
         for seed in seeds:
-            generator.reset_from_seed(seed)
+            seeding.reset(generator, seed)
             if optimizer == "L2o":
                 rule.reseed(seed)
 

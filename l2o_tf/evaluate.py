@@ -20,6 +20,7 @@ from l2o_tf import fileio
 from l2o_tf import meta
 from l2o_tf import networks
 from l2o_tf import optimizers
+from l2o_tf import seeding
 
 FLAGS = flags.FLAGS
 PROGRESS_EVERY = 500  # steps per compiled chunk, between progress lines
@@ -43,7 +44,7 @@ def update_rule(optimizer, path, learning_rate, expected_cell, **cell_overrides)
 
 def evaluate(problem, rule, num_steps, num_epochs, seed, on_progress=None):
     """Per-step losses (float32, num_epochs * num_steps) of `rule` on `problem`, one trajectory throughout."""
-    runner = meta.Runner(problem, rule, tf.random.Generator.from_seed(seed))
+    runner = meta.Runner(problem, rule, seeding.generator(seed))
     trajectory = runner.new_trajectory()
     records = []
     for epoch in range(num_epochs):

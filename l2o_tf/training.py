@@ -20,7 +20,6 @@ import os
 import signal
 import threading
 import time
-import zlib
 
 import numpy as np
 import tensorflow as tf
@@ -35,6 +34,7 @@ from l2o_tf import meta
 from l2o_tf import networks
 from l2o_tf import optimizers
 from l2o_tf import original_pickle
+from l2o_tf import seeding
 from l2o_tf import self_improving
 
 CHECKPOINT_DIR = "checkpoints"
@@ -51,7 +51,7 @@ class TrainingDiverged(errors.L2OError):
 
 def component_generator(seed, name):
     """The random generator of one component: a function of (seed, name) alone."""
-    return tf.random.Generator.from_seed([int(seed), zlib.crc32(name.encode())])
+    return seeding.generator(seed, name)
 
 
 class MetaTraining:
