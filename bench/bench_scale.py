@@ -10,7 +10,7 @@ other processes inflates no measurement more than the others):
     Adam (l2o_tf.optimizers, the plain baseline) and with L2O-DM (l2o_tf's LSTM optimizer) on the same problem;
   * meta-iteration: `meta.Trainer.train_unroll` (20 steps forward, the meta-gradient through them, a meta-Adam
     step) with L2O-Scale and with L2O-DM;
-  * the floor: numpy's time for the GEMMs of one L2O-Scale evaluation step (the optimizee's forward and backward,
+  * the floor: single-threaded numpy's time for the GEMMs of one L2O-Scale evaluation step (the optimizee's forward and backward,
     the recorded loss's forward, and the optimizer's: per tensor the level-0 GRU's [n, 22] x [22, 20] and
     [n, 22] x [22, 10], the readouts [n, 10] x [10, 1] (x4) and [n, 4] x [4, 1]); elementwise work is not in it.
 Ratios are reported against these; absolute times depend on the machine and its load.
@@ -18,6 +18,9 @@ Ratios are reported against these; absolute times depend on the machine and its 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# one OpenBLAS thread: on a small machine shared with other work, multi-threaded GEMMs on these thin shapes spin and
+# measure the load rather than the work (64 ms instead of ~1 ms at load average 8); the floor is then one core's
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import platform  # noqa: E402
@@ -62,6 +65,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     steps, rounds = (100, 2) if args.quick else (args.steps, args.rounds)
+    load_at_start = os.getloadavg()[0]
 
     rng = np.random.default_rng(0)
     data = (rng.uniform(size=(10000, 28, 28, 1)).astype(np.float32), rng.integers(0, 10, 10000).astype(np.int32))
@@ -93,7 +97,8 @@ def main():
 
     floor_ms = floor[0] * 1e3
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, TF {tf.__version__}, "
-          f"numpy {np.__version__}; load average {os.getloadavg()[0]:.1f}")
+          f"numpy {np.__version__} ({os.environ['OPENBLAS_NUM_THREADS']} BLAS thread); load average "
+          f"{load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")
     print(f"problem: mnist MLP 784-20-10, {problem.num_params} parameters, batch {BATCH}; {steps} steps per timed "
           f"evaluation call, best of {rounds} rounds")
     rows = [("L2O-Scale evaluation step", step_ms["scale"], step_ms["scale"], "ms"),
