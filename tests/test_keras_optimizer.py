@@ -250,3 +250,18 @@ def test_guarded_model_saves_restores_and_continues_identically(data, tmp_path):
     for a, b in zip(weights(restored), weights(model)):
         np.testing.assert_array_equal(a, b)
     assert set(model.evaluate(x, y, verbose=0, return_dict=True)) == {"loss", "accuracy"}
+
+
+def test_l2o_scale_checkpoint_through_load_and_fit(data):
+    # L2O-Scale's state spans tensors (per-tensor and global RNN states): apply() steps them all at once
+    path = require_shared("reference", "original_models", "scale_cl_il")
+    steps = 2
+    rule = l2o_tf.load(path, seed=3)
+    assert type(rule).__name__ == "HierarchicalRNN"
+    model = mlp()
+    model.compile(optimizer=l2o_tf.LearnedOptimizer(rule), loss=LOSS)
+    x, y = data
+    model.fit(x[:steps * BATCH], y[:steps * BATCH], batch_size=BATCH, shuffle=False, verbose=0)
+    want = direct_weights(l2o_tf.load(path, seed=3), data, steps)[-1]  # same seed: same initial learning rates
+    for a, b in zip(weights(model), want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
