@@ -58,7 +58,8 @@ class Iterations:
         self.variables = list(optimizer.original_variables().values())
         self.unroller = unroll.Unroller(problem, optimizer, self.meta_optimizer, config.use_second_derivatives,
                                         config.use_log_objective, config.use_numerator_epsilon,
-                                        config.gradient_clip_level, config.l2_reg, self.variables)
+                                        config.gradient_clip_level, config.l2_reg, self.variables,
+                                        config.jit_compile)
         # the state carried from one meta-iteration to the next (§8.1), as variables so that it is checkpointed
         template = optimizer.initial_state(problem.param_shapes)
         self.carried = tf.nest.map_structure(lambda t: tf.Variable(tf.zeros_like(t), trainable=False), template)

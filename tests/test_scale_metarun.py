@@ -312,6 +312,16 @@ def test_meta_gradient_matches_finite_differences(small_mnist):
     assert float(first_order[0]) != pytest.approx(float(exact[0]), rel=1e-4)
 
 
+def test_l2_reg_adds_twice_its_weight_times_the_meta_parameters(small_mnist):
+    subset, batches, params = small_plan(small_mnist, 2)
+    args = ([tf.constant(p) for p in params], None, tf.constant(subset), tf.constant(batches), tf.constant(3.0))
+    plain = make_unroller(small_mnist).meta_gradient(*args)
+    regularised = make_unroller(small_mnist, l2_reg=0.5).meta_gradient(*args)
+    weights = [-2.0, 0.3, np.ones(2)]  # MomentumRule's log_lr, init, unused
+    for g, r, w in zip(plain, regularised, weights):
+        np.testing.assert_allclose(r.numpy(), g.numpy() + 2 * 0.5 * np.asarray(w), rtol=1e-4, atol=1e-6)
+
+
 def test_train_unroll_applies_tf1_rmsprop_and_carries_the_state(small_mnist):
     """A carried state gives the initial vector no gradient (but 0: its ms slot still decays); the update is
     -lr g / sqrt(0.9 + 0.1 g^2); the returned trajectory is the forward's own."""
@@ -359,7 +369,7 @@ def tiny_config(train_dir, **overrides):
     values = dict(train_dir=str(train_dir), if_cl=True, if_mt=True, mt_ratio=0.5, fix_unroll=True,
                   fix_unroll_length=3, num_steps_schedule=(6, 9, 12), num_meta_iterations=4, evaluation_epochs=1,
                   mini_batch_size=200, use_second_derivatives=False, meta_learning_rate=1e-3, seed=3,
-                  min_num_eval=2)
+                  min_num_eval=2, jit_compile=False)  # an XLA compile would cost more than these validations
     values.update(overrides)
     return scale_config.ScaleConfig(**values)
 
