@@ -21,7 +21,6 @@ from l2o_scale import checkpoint
 from l2o_tf import cli
 from l2o_tf import datasets
 from l2o_tf import errors
-from l2o_tf import seeding
 
 FLAGS = flags.FLAGS
 OPTIMIZERS = {"l2o": "L2o", "sgd": "SGD", "adam": "Adam", "adagrad": "Adagrad"}
@@ -101,7 +100,7 @@ def run_all(optimizer, seeds, groups, prefix, overrides):
     import numpy as np  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     from l2o_scale import eval_problems  # pylint: disable=import-outside-toplevel
-    from l2o_tf import fileio, meta, optimizers  # pylint: disable=import-outside-toplevel
+    from l2o_tf import fileio, meta, optimizers, seeding  # pylint: disable=import-outside-toplevel
 
     if optimizer == "L2o":
         rule = checkpoint.load(prefix, **overrides)
