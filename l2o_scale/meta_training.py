@@ -19,6 +19,7 @@ each run's cost is the subset loss before its last update; the sum is returned (
 number of runs when it reports). Random draws come from generators of their own (plans and data, validation,
 teacher), each restored on resume.
 """
+import dataclasses
 import math
 import os
 
@@ -181,8 +182,10 @@ class ScaleTraining(training.MetaTraining):
     by the original code); the shared trainer's resume checkpoint and history.json beside them."""
 
     def __init__(self, config, problem, optimizer=None):
+        if config.seed is None:  # draw the run's seed now, so that it also seeds the optimizer's initialisation
+            config = dataclasses.replace(config, seed=training._seed_or_fresh(None))
         if optimizer is None:
-            optimizer = hierarchical_rnn.HierarchicalRNN(seed=_optimizer_seed(config), **config.optimizer_config)
+            optimizer = hierarchical_rnn.HierarchicalRNN(seed=int(config.seed), **config.optimizer_config)
         super().__init__(config, problem, cell=optimizer)
 
     # -- the shared trainer's hooks -------------------------------------------------------------------------------
@@ -238,8 +241,6 @@ class ScaleTraining(training.MetaTraining):
         return model_prefix(self.config.save_path or "", 0)
 
 
-def _optimizer_seed(config):
-    return None if config.seed is None else int(config.seed)
 
 
 def train(config, problem):
