@@ -313,7 +313,7 @@ def test_finite_meta_gradient_through_a_short_unroll():
     data = (rng.uniform(size=(64, 28, 28, 1)).astype(np.float32), rng.integers(0, 10, size=64).astype(np.int32))
     problem = problems.get("mnist", "train", dataset=data)
     opt = hierarchical_rnn.HierarchicalRNN(seed=0)
-    trainer = meta.Trainer(problem, opt, tf.random.Generator.from_seed(0), unroll_length=3)
+    trainer = meta.Trainer(problem, opt, tf.random.Generator.from_seed(0), unroll_length=2)
     meta_loss, gradients = trainer.meta_gradient(trainer.new_trajectory())
     assert np.isfinite(float(meta_loss))
     named = dict(zip([v.path for v in trainer.variables], gradients))
@@ -409,7 +409,7 @@ def test_keras_model_fit_with_the_learned_optimizer():
     from l2o_tf.keras_optimizer import LearnedOptimizer  # pylint: disable=import-outside-toplevel
 
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(256, 8)).astype(np.float32)
+    x = rng.normal(size=(128, 8)).astype(np.float32)
     y = (x[:, :1] > 0).astype(np.float32)
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="tanh"), keras.layers.Dense(1)])
     opt = hierarchical_rnn.HierarchicalRNN(seed=0, init_lr_range=(1e-2, 1e-2))
