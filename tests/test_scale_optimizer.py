@@ -416,3 +416,25 @@ def test_keras_model_fit_with_the_learned_optimizer():
     model.compile(optimizer=LearnedOptimizer(opt), loss=keras.losses.BinaryCrossentropy(from_logits=True))
     losses = model.fit(x, y, epochs=4, batch_size=32, verbose=0).history["loss"]
     assert np.all(np.isfinite(losses)) and losses[-1] < 0.9 * losses[0]
+
+
+def test_a_guard_wraps_the_learned_optimizer():
+    from l2o_tf import guards  # pylint: disable=import-outside-toplevel
+
+    rng = np.random.default_rng(3)
+    data = (rng.uniform(size=(64, 28, 28, 1)).astype(np.float32), rng.integers(0, 10, size=64).astype(np.int32))
+    problem = problems.get("mnist", "test", dataset=data)
+    opt = hierarchical_rnn.HierarchicalRNN(seed=3, init_lr_range=(1e-2, 1e-2))
+    guarded, view = guards.guard_problem(problem, opt, 3, "lgl2o", guard_optimizer="sgd", guard_learning_rate=0.5)
+    generator = tf.random.Generator.from_seed(3)
+    params = problem.init_params(generator)
+    state, learned_state = guarded.initial_state(params), opt.initial_state(params)
+    for _ in range(2):
+        loss, gradients = meta.loss_and_gradient(view, params, (), [1.0] * len(params), generator)
+        deltas, state = guarded.step(gradients, state, loss)
+        learned, learned_state = opt.step(gradients, learned_state)
+        sgd = [-0.5 * g for g in gradients]
+        chosen = learned if float(guarded.record(state)) > 0.5 else sgd  # whichever candidate LGL2O took
+        for d, c in zip(deltas, chosen):
+            np.testing.assert_allclose(d, c, rtol=1e-6, atol=1e-9)
+        params = meta.add(params, deltas)
