@@ -40,7 +40,8 @@ def define_evaluation_flags(rnnprop=False):
                         "(any case).")
     flags.DEFINE_string("problem", "mnist", f"Optimizee problem: {', '.join(datasets.PROBLEM_DATASETS)} (the "
                         "original's default 'simple' is not a paper problem).")
-    flags.DEFINE_string("path", None, "Learned optimizer file, e.g. trained_models/dm/cw.l2l-0.")
+    flags.DEFINE_string("path", None, "Learned optimizer file, e.g. l2o_tf/pretrained/dm_cl_il/cw.l2l-0 (a shipped "
+                        "original model).")
     flags.DEFINE_string("output_path", "out", "Directory for the loss record.")
     flags.DEFINE_integer("num_epochs", 1, "Repeated runs; like the original, later epochs continue the trajectory.")
     flags.DEFINE_integer("num_steps", 10000, "Optimizee steps per epoch.")
@@ -225,6 +226,29 @@ def learned_optimizer_kind(path):
             f"{path}: not an L2O-DM or RNNprop weights file (modules {', '.join(sorted(weights)) or 'none'}; "
             "expected lstm_1, lstm_2, linear and, for RNNprop, input_projection)")
     return "dm"
+
+
+def evaluation_main(net):
+    """`evaluate_dm` / `evaluate_rnnprop` after the fast checks: the flags into `evaluate.run_and_record`; `net`
+    ("dm" or "rnnprop") is the learned optimizer `--optimizer=L2L` expects."""
+    from l2o_tf import evaluate, networks  # TensorFlow loads here
+    check_evaluation_flags(net)
+    optimizer, overrides = evaluation_optimizer(), cell_flags()
+    seed = seed_or_random(FLAGS.seed)
+    rule = evaluate.update_rule(optimizer, FLAGS.path, FLAGS.learning_rate, networks.NETS[net], **overrides)
+    data = check_problem_and_data(mode="test")
+    problem = make_problem(mode="test")
+    guard = guard_options()
+    if guard:
+        from l2o_tf import guards
+        rule, problem = guards.guard_problem(problem, rule, seed, **guard)
+        logging.info("guarded by %s with %s at %g: %s", guard["guard"], guard["guard_optimizer"],
+                     guard["guard_learning_rate"], rule.cost())
+    run_flags = {name: FLAGS[name].value for name in ("problem", "path", "num_epochs", "num_steps", "learning_rate",
+                                                      "data_dir", *overrides)}
+    run_flags.update(data_source=data.source if data else None, embedded_sample=bool(data and data.is_sample))
+    evaluate.run_and_record(problem, rule, optimizer, FLAGS.num_steps, FLAGS.num_epochs, seed, FLAGS.output_path,
+                            run_flags, guard)
 
 
 def make_problem(mode):

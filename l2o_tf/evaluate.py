@@ -1,4 +1,4 @@
-"""The evaluation harness behind `evaluate_dm.py` and `evaluate_rnnprop.py`.
+"""The evaluation harness behind `evaluate_dm.py` and `evaluate_rnnprop.py` (`cli.evaluation_main` reads the flags).
 
 Runs one optimizer, learned (`--optimizer=L2L --path=...`) or hand-designed (Adam, RMSProp, SGD, NAG, Adagrad at
 `--learning_rate`), on a problem's test split for `--num_steps` steps, compiled, and records f(x_{i+1}) on a fresh
@@ -11,8 +11,6 @@ import os
 import time
 
 import numpy as np
-import tensorflow as tf
-from absl import flags
 from absl import logging
 
 from l2o_tf import cli
@@ -22,7 +20,6 @@ from l2o_tf import networks
 from l2o_tf import optimizers
 from l2o_tf import seeding
 
-FLAGS = flags.FLAGS
 PROGRESS_EVERY = 500  # steps per compiled chunk, between progress lines
 
 
@@ -55,59 +52,43 @@ def evaluate(problem, rule, num_steps, num_epochs, seed, on_progress=None, recor
     return np.concatenate(records)
 
 
-def main(net):
-    """Evaluate with the flags; `net` ("dm" or "rnnprop") is the learned optimizer `--optimizer=L2L` expects."""
-    cli.check_evaluation_flags(net)
-    optimizer = cli.evaluation_optimizer()
-    seed = cli.seed_or_random(FLAGS.seed)
-    overrides = cli.cell_flags()
-    rule = update_rule(optimizer, FLAGS.path, FLAGS.learning_rate, networks.NETS[net], **overrides)
-    data = cli.check_problem_and_data(mode="test")
-    problem = cli.make_problem(mode="test")
-    guard, choices = cli.guard_options(), []
-    if guard:
-        from l2o_tf import guards
-        rule, problem = guards.guard_problem(problem, rule, seed, **guard)
-        logging.info("guarded by %s with %s at %g: %s", guard["guard"], guard["guard_optimizer"],
-                     guard["guard_learning_rate"], rule.cost())
+def run_and_record(problem, rule, optimizer, num_steps, num_epochs, seed, output_path, run_flags, guard=None):
+    """Evaluate with progress lines, print the original's summary, and write the loss record (pickle and .npz).
+
+    `optimizer` names the record file; `run_flags` (the settings, for the .npz) gains the seed; `guard`, the guard
+    options when `rule` is a guard, adds its per-step choices and cost."""
     logging.info("evaluating %s on %s (%d parameters) for %d x %d steps", optimizer, problem.name,
-                 problem.num_params, FLAGS.num_epochs, FLAGS.num_steps)
-    start = time.time()
-    total_steps = FLAGS.num_epochs * FLAGS.num_steps
+                 problem.num_params, num_epochs, num_steps)
+    start, total_steps, choices = time.time(), num_epochs * num_steps, []
 
     def progress(epoch, done, losses):
-        elapsed = time.time() - start
-        steps = epoch * FLAGS.num_steps + done
-        rate = steps / max(elapsed, 1e-9)
+        steps = epoch * num_steps + done
+        rate = steps / max(time.time() - start, 1e-9)
         logging.info("epoch %d step %d/%d  loss %.4f  (mean of last %d: %.4f)  %.0f steps/s  ETA %s", epoch + 1,
-                     done, FLAGS.num_steps, losses[-1], min(done, PROGRESS_EVERY), losses[-PROGRESS_EVERY:].mean(),
+                     done, num_steps, losses[-1], min(done, PROGRESS_EVERY), losses[-PROGRESS_EVERY:].mean(),
                      rate, format_duration((total_steps - steps) / max(rate, 1e-9)))
 
-    losses = evaluate(problem, rule, FLAGS.num_steps, FLAGS.num_epochs, seed, progress, choices if guard else None)
+    losses = evaluate(problem, rule, num_steps, num_epochs, seed, progress, choices if guard else None)
     elapsed = time.time() - start
     if not np.all(np.isfinite(losses)):
         logging.warning("the loss became non-finite at step %d", int(np.argmin(np.isfinite(losses))))
-    print(f"Epoch {FLAGS.num_epochs}")
+    print(f"Epoch {num_epochs}")
     # the original's name for log10 of the mean loss over all steps; the README's tables use ln
     print(f"Log Mean Final Error: {np.log10(losses.mean()):.2f}   (log10 of the mean loss; ln(mean loss): "
           f"{np.log(losses.mean()):.2f})")
-    print(f"Mean epoch time: {elapsed / FLAGS.num_epochs:.2f} s")
+    print(f"Mean epoch time: {elapsed / num_epochs:.2f} s")
     if guard:
         cost = rule.cost()
         print(f"Guard {guard['guard']}: learned step taken at {np.mean(choices):.1%} of the steps; cost "
               f"{cost['extra_loss_evaluations_per_step']:g} extra loss and {cost['extra_gradient_evaluations_per_step']:g} "
               f"extra gradient evaluations per step, {1000 * elapsed / len(losses):.2f} ms per step")
-    record = os.path.join(FLAGS.output_path, f"{optimizer}_eval_loss_record.pickle-{problem.name}")
+    record = os.path.join(output_path, f"{optimizer}_eval_loss_record.pickle-{problem.name}")
     fileio.atomic_save_pickle(record, [float(v) for v in losses])
-    run_flags = {name: FLAGS[name].value for name in ("problem", "path", "num_epochs", "num_steps", "learning_rate",
-                                                      "data_dir", *overrides)}
-    run_flags.update(optimizer=optimizer, seed=seed, data_source=data.source if data else None,
-                     embedded_sample=bool(data and data.is_sample))
-    if guard:
-        run_flags.update(guard)
+    run_flags = {**run_flags, "optimizer": optimizer, "seed": seed, **(guard or {})}
     extra = {"learned_step": np.asarray(choices, np.float32)} if guard else {}
     fileio.atomic_save_npz(record + ".npz", losses=losses, flags=json.dumps(run_flags), **extra)
     print(f"Loss record: {record} (and .npz)")
+    return losses
 
 
 def format_duration(seconds):

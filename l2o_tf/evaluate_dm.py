@@ -1,6 +1,6 @@
 """Evaluate L2O-DM or a hand-designed baseline: the original `evaluate_dm.py` flags.
 
-    python -m l2o_tf.evaluate_dm --optimizer=L2L --path=trained_models/dm/cw.l2l-0 --problem=mnist --seed=2
+    python -m l2o_tf.evaluate_dm --optimizer=L2L --path=l2o_tf/pretrained/dm_cl_il/cw.l2l-0 --problem=mnist --seed=2
     python -m l2o_tf.evaluate_dm --optimizer=Adam --learning_rate=0.01 --problem=mnist --num_steps=2000
 """
 from l2o_tf import cli
@@ -9,8 +9,7 @@ cli.define_evaluation_flags()
 
 
 def main():
-    from l2o_tf import evaluate  # TensorFlow loads here, after the flags and the data were checked
-    evaluate.main("dm")
+    cli.evaluation_main("dm")
 
 
 if __name__ == "__main__":
