@@ -12,11 +12,8 @@ the best; evaluate it with `python -m l2o_scale.metatest --train_dir=<train_dir>
 Running the same command again resumes; Ctrl-C saves first and says so.
 """
 import dataclasses
-import sys
 
-from absl import app
 from absl import flags
-from absl import logging
 
 from l2o_scale import config as config_lib
 from l2o_tf import cli
@@ -146,26 +143,19 @@ def scale_config():
     return config_lib.ScaleConfig(**values).validate()
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        config = scale_config()
-        data = datasets.load(datasets.PROBLEM_DATASETS[config.problem], "train", data_dir=FLAGS.data_dir,
-                             download=FLAGS.download)
-        from l2o_scale import meta_training  # TensorFlow loads here, after the flags and the data were checked
-        from l2o_tf import problems
-        meta_training.train(config, problems.get(config.problem, mode="train", data_dir=FLAGS.data_dir,
-                                                 download=FLAGS.download))
-    except errors.Interrupted as e:
-        print(e, file=sys.stderr)
-        sys.exit(130)
-    except errors.L2OError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    if data.is_sample:
-        logging.warning("this run used the %s, not the full data set (give --data_dir)", data.source)
+def check():
+    """The flags and the training data, before TensorFlow loads."""
+    config = scale_config()
+    datasets.load(datasets.PROBLEM_DATASETS[config.problem], "train", data_dir=FLAGS.data_dir, download=FLAGS.download)
+
+
+def main():
+    from l2o_scale import meta_training  # TensorFlow loads here, after the flags and the data were checked
+    from l2o_tf import problems
+    config = scale_config()
+    meta_training.train(config, problems.get(config.problem, mode="train", data_dir=FLAGS.data_dir,
+                                             download=FLAGS.download))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, check=check)

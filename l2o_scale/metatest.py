@@ -10,10 +10,8 @@ a fresh test minibatch, as l2o_tf's DM evaluation records) and the same with `.n
 """
 import json
 import os
-import sys
 import time
 
-from absl import app
 from absl import flags
 from absl import logging
 
@@ -98,7 +96,6 @@ def record_path(seed, model_name):
 
 def run_all(optimizer, seeds, groups, prefix, overrides):
     import numpy as np  # pylint: disable=import-outside-toplevel
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
     from l2o_scale import eval_problems  # pylint: disable=import-outside-toplevel
     from l2o_tf import fileio, meta, optimizers, seeding  # pylint: disable=import-outside-toplevel
 
@@ -127,7 +124,7 @@ def run_all(optimizer, seeds, groups, prefix, overrides):
                 eta = (total - offset - done) / max(rate, 1e-9)
                 logging.info("%s seed %d: iteration %d/%d  ln loss (mean of last %d) %.3f  %.0f steps/s  ETA %s",
                              group, seed, done, FLAGS.num_testing_itrs, min(done, 100),
-                             np.log(np.mean(losses[-100:])), rate, _duration(eta))
+                             np.log(np.mean(losses[-100:])), rate, cli.format_duration(eta))
 
             _, losses = runner.run(runner.new_trajectory(), FLAGS.num_testing_itrs, chunk=PROGRESS_EVERY,
                                    callback=progress)
@@ -148,23 +145,12 @@ def run_all(optimizer, seeds, groups, prefix, overrides):
     print(f"Loss records in {FLAGS.save_dir} ({time.time() - start:.1f} s)")
 
 
-def _duration(seconds):
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        optimizer, seeds, groups, prefix, overrides, samples = check_flags()
-        if samples:
-            logging.warning("evaluating on the embedded MNIST sample, not the full test set: give --data_dir")
-        run_all(optimizer, seeds, groups, prefix, overrides)
-    except errors.L2OError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+def main():
+    optimizer, seeds, groups, prefix, overrides, samples = check_flags()
+    if samples:
+        logging.warning("evaluating on the embedded MNIST sample, not the full test set: give --data_dir")
+    run_all(optimizer, seeds, groups, prefix, overrides)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, check=check_flags)

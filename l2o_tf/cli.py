@@ -149,6 +149,16 @@ def training_config(net):
     return config.TrainConfig(**values).validate()
 
 
+def format_duration(seconds):
+    """`1h02m`, `3m05s` or `42s`: an ETA short enough for a progress line."""
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
 def positive(name, value):
     if value is None or value <= 0:
         raise UsageError(f"--{name} must be positive, got {value}")
@@ -257,9 +267,10 @@ def make_problem(mode):
     return problems.get(FLAGS.problem, mode=mode, data_dir=FLAGS.data_dir, download=FLAGS.download)
 
 
-def run(main, mode, check=None):
-    """Run `main()` under absl after the fast checks (`check()`, then --problem and its data, all before TensorFlow
-    is imported); user errors end as one line and status 2, an interrupted run as its resume line and status 130."""
+def run(main, mode=None, check=None):
+    """Run `main()` under absl after the fast checks (`check()`, then with a `mode` --problem and its data, all before
+    TensorFlow is imported); user errors end as one line and status 2, an interrupted run as its resume line and
+    status 130. `--help` lists the flags."""
 
     def absl_main(argv):
         if len(argv) > 1:
@@ -267,7 +278,7 @@ def run(main, mode, check=None):
         try:
             if check is not None:
                 check()
-            data = check_problem_and_data(mode)
+            data = check_problem_and_data(mode) if mode else None
             import_tensorflow(quiet=not FLAGS["verbosity"].present)
             result = main()
         except errors.Interrupted as e:
@@ -298,7 +309,8 @@ def print_help_if_asked(argv):
         return
     doc = (sys.modules["__main__"].__doc__ or "").strip()
     print(doc + "\n\nflags:")
-    print((FLAGS.get_help() if any(asked) else FLAGS.module_help(__name__)).rstrip())
+    own = [FLAGS.module_help(__name__), FLAGS.main_module_help()]  # defined here, or by the entry point itself
+    print(FLAGS.get_help().rstrip() if any(asked) else "\n\n".join(t.rstrip() for t in own if t.strip()))
     if not any(asked):
         print("\nabsl's own flags (--verbosity to show TensorFlow's start-up messages, --flagfile=FILE to read flags "
               "from a file, e.g. configs/dm.flags): --helpfull")

@@ -66,7 +66,7 @@ def run_and_record(problem, rule, optimizer, num_steps, num_epochs, seed, output
         rate = steps / max(time.time() - start, 1e-9)
         logging.info("epoch %d step %d/%d  loss %.4f  (mean of last %d: %.4f)  %.0f steps/s  ETA %s", epoch + 1,
                      done, num_steps, losses[-1], min(done, PROGRESS_EVERY), losses[-PROGRESS_EVERY:].mean(),
-                     rate, format_duration((total_steps - steps) / max(rate, 1e-9)))
+                     rate, cli.format_duration((total_steps - steps) / max(rate, 1e-9)))
 
     losses = evaluate(problem, rule, num_steps, num_epochs, seed, progress, choices if guard else None)
     elapsed = time.time() - start
@@ -89,13 +89,3 @@ def run_and_record(problem, rule, optimizer, num_steps, num_epochs, seed, output
     fileio.atomic_save_npz(record + ".npz", losses=losses, flags=json.dumps(run_flags), **extra)
     print(f"Loss record: {record} (and .npz)")
     return losses
-
-
-def format_duration(seconds):
-    """`1h02m`, `3m05s` or `42s`: an ETA short enough for a progress line."""
-    seconds = int(round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"

@@ -306,7 +306,7 @@ def load(path, **overrides):
         cls, config = _infer_cell(path, weights)
     try:
         cell = cls.from_config({**config, **overrides})
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError):
         raise WeightsFileError(f"{path} holds a {cls.__name__}, which takes no "
                                f"{', '.join(sorted(set(overrides) - set(config))) or 'such settings'} "
                                f"({', '.join(f'{k}={v!r}' for k, v in overrides.items())})") from None

@@ -26,6 +26,7 @@ import tensorflow as tf
 from absl import logging
 from tensorflow.core.framework import summary_pb2
 
+from l2o_tf import cli
 from l2o_tf import curriculum
 from l2o_tf import errors
 from l2o_tf import fileio
@@ -307,7 +308,7 @@ class MetaTraining:
         loss = record.get("loss", record.get("imitation_loss"))
         logging.info("epoch %d/%d  %s loss %.4f  stage %d (%d steps)  %.2f s/epoch  ETA %s%s", self.epoch,
                      config.num_epochs, record["kind"], loss, cl.stage, cl.train_steps, seconds,
-                     _duration(remaining), " (at most: the curriculum may end sooner)" if config.if_cl else "")
+                     cli.format_duration(remaining), " (at most: the curriculum may end sooner)" if config.if_cl else "")
 
     def _summarise(self, record, seconds):
         values = {"seconds_per_epoch": seconds, "curriculum_stage": self.curriculum.stage}
@@ -374,13 +375,6 @@ def _seed_or_fresh(seed):
         seed = int.from_bytes(os.urandom(4), "little") % (2 ** 31)
         logging.info("no seed given; using seed %d", seed)
     return int(seed)
-
-
-def _duration(seconds):
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def train(config, problem):

@@ -1,5 +1,4 @@
 """l2o_tf.load, LearnedOptimizer in model.fit, and GuardedModel: against the update rules run directly."""
-import os
 import sys
 import types
 

@@ -1,11 +1,13 @@
 """L2O-Scale meta-training (SPEC_SCALE §2.2, §3, §4): each piece against a numpy re-implementation of the spec."""
+import json
 import math
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from l2o_scale import meta_objective, meta_optimizer, plans
+from l2o_scale import checkpoint, config as scale_config, meta_objective, meta_optimizer, meta_training, plans
+from l2o_tf import curriculum
 
 
 # -- §2.2 the meta-objective -------------------------------------------------------------------------------------
@@ -357,11 +359,6 @@ def test_validation_cost_is_the_subset_loss_before_the_last_update(small_mnist):
 
 # -- §3-§4 end to end: curriculum, imitation, files, resume ----------------------------------------------------------
 
-import json  # noqa: E402
-import os  # noqa: E402
-
-from l2o_scale import checkpoint, config as scale_config, meta_training  # noqa: E402
-from l2o_tf import curriculum  # noqa: E402
 
 
 def tiny_config(train_dir, **overrides):
