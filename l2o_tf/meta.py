@@ -107,10 +107,11 @@ class Trainer:
             meta_loss, _, _, _, objective = self._forward(trajectory, tape)
         return meta_loss, tape.gradient(objective, self.variables)
 
-    def _forward(self, trajectory, tape):
+    def _forward(self, trajectory, tape, rng=None, rule=None):
         """The unroll: (meta_loss, final loss, params_T, state_T, the objective whose tape gradient is the
-        meta-gradient)."""
-        problem, rng = self.problem, self.rng
+        meta-gradient). `rng` and `rule` replace the trainer's own (another optimizee's, `l2o_tf.distribute`)."""
+        problem = self.problem
+        rng, rule = self.rng if rng is None else rng, self.rule if rule is None else rule
         params, state, constants, scale = trajectory
         params = list(params)
         losses, surrogate = [], 0.0
@@ -124,7 +125,7 @@ class Trainer:
                 surrogate += tf.add_n([tf.reduce_sum(g * p) for g, p in zip(gradients, params)])
             losses.append(loss)
             if len(losses) <= self.unroll_length:
-                deltas, state = self.rule.step(gradients, state, loss)
+                deltas, state = rule.step(gradients, state, loss)
                 params = add(params, deltas)
         meta_loss = tf.add_n(losses)
         return meta_loss, losses[-1], params, state, meta_loss if self.second_derivatives else surrogate
