@@ -53,7 +53,7 @@ def resolve(path, restore_model_name=None):
         raise CheckpointError(f"{path} is not a directory; a restore model name needs the directory holding it")
     if not os.path.exists(path + ".index"):
         hint = " (give the prefix without .index)" if path.endswith(".index") else ""
-        raise CheckpointError(f"{path}: no such checkpoint: {path}.index does not exist{hint}")
+        raise CheckpointError(f"{path}: no such checkpoint directory or prefix ({path}.index does not exist){hint}")
     return path
 
 

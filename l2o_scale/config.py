@@ -63,6 +63,7 @@ class ScaleConfig:
     seed: int | None = None
     checkpoint_secs: float = 60.0
     tensorboard_dir: str | None = None
+    jit_compile: bool | None = None            # XLA for validation runs; None: unless the problem has convolutions
 
     # -- what the shared trainer reads ----------------------------------------------------------------------------
     net = "scale"

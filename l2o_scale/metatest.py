@@ -100,7 +100,7 @@ def run_all(optimizer, seeds, groups, prefix, overrides):
     import numpy as np  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     from l2o_scale import eval_problems  # pylint: disable=import-outside-toplevel
-    from l2o_tf import fileio, meta, optimizers  # pylint: disable=import-outside-toplevel
+    from l2o_tf import fileio, meta, optimizers, seeding  # pylint: disable=import-outside-toplevel
 
     if optimizer == "L2o":
         rule = checkpoint.load(prefix, **overrides)
@@ -114,10 +114,10 @@ def run_all(optimizer, seeds, groups, prefix, overrides):
         problem = eval_problems.get(group, data_dir=FLAGS.data_dir, download=FLAGS.download)
         # several groups would write the same files in the original (each overwriting the last): keep them apart
         model_name = FLAGS.model_name if len(groups) == 1 else f"{FLAGS.model_name}-{group}"
-        generator = tf.random.Generator.from_seed(seeds[0])
+        generator = seeding.generator(seeds[0])
         runner = meta.Runner(problem, rule, generator)  # one per group: its compiled loop serves every seed
         for seed in seeds:
-            generator.reset_from_seed(seed)
+            seeding.reset(generator, seed)
             if optimizer == "L2o":
                 rule.reseed(seed)
 
@@ -143,7 +143,8 @@ def run_all(optimizer, seeds, groups, prefix, overrides):
             fileio.atomic_save_npz(path + ".npz", losses=losses, flags=json.dumps(run_flags))
             summary.append((group, seed, float(np.mean(losses[-100:])), path))
     for group, seed, final, path in summary:
-        print(f"{group} seed {seed}: mean loss of the last 100 steps {final:.4f} (ln {np.log(final):.3f})  -> {path}")
+        print(f"{group} seed {seed}: mean loss of the last {min(100, FLAGS.num_testing_itrs)} steps {final:.4f} "
+              f"(ln {np.log(final):.3f})  -> {path}")
     print(f"Loss records in {FLAGS.save_dir} ({time.time() - start:.1f} s)")
 
 

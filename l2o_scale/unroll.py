@@ -27,7 +27,8 @@ class Unroller:
     """Training unrolls (with their meta-update) and validation runs of an update-rule Keras layer on `problem`."""
 
     def __init__(self, problem, optimizer, meta_optimizer, second_derivatives=True, use_log_objective=True,
-                 use_numerator_epsilon=False, clip_level=meta_optimizer_lib.CLIP_LEVEL, l2_reg=0.0, variables=None):
+                 use_numerator_epsilon=False, clip_level=meta_optimizer_lib.CLIP_LEVEL, l2_reg=0.0, variables=None,
+                 jit_compile=None):
         if not hasattr(problem, "batch_loss"):
             raise errors.UsageError(f"L2O-Scale meta-training needs a problem with a dataset, not {problem.name!r}")
         self.problem, self.optimizer, self.meta_optimizer = problem, optimizer, meta_optimizer
@@ -40,7 +41,9 @@ class Unroller:
         meta_optimizer.build(self.variables)
         self._train = tf.function(self._train_unroll, reduce_retracing=True)
         self._subset_loss = tf.function(self.subset_loss, reduce_retracing=True)
-        self._validation = tf.function(self._validation_unroll, jit_compile=not problem.is_convolutional)
+        # XLA pays off on long validations of problems without convolutions; its compile costs seconds
+        jit = not problem.is_convolutional if jit_compile is None else bool(jit_compile)
+        self._validation = tf.function(self._validation_unroll, jit_compile=jit)
         self._zero_state = None
 
     # -- the pieces ---------------------------------------------------------------------------------------------
@@ -129,7 +132,8 @@ class Unroller:
     def validation_cost(self, params, state, subset, unroll_batches, reset=False):
         """The original's validation cost of one run (§3.5): the unrolls of `unroll_batches` (one [T, batch] array
         each) with no meta-update; the last unroll's last objective, i.e. f on `subset` at the parameters before the
-        run's last update. Compiled once per unroll length (XLA unless the problem has convolutions)."""
+        run's last update. Compiled once per unroll length (by default with XLA unless the problem has
+        convolutions)."""
         params, state, reset = self._inputs(params, state, reset)
         subset, cost = tf.constant(subset), None
         for i, batches in enumerate(unroll_batches):

@@ -221,7 +221,7 @@ class ParallelTrainer:
             results = [trainer._forward(t, tape, rng=self.rngs[k], rule=self.rules[k])
                        for k, t in zip(optimizees, trajectories)]
             objective = _mean([r[4] for r in results])
-        gradients = tape.gradient(objective, trainer.variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        gradients = meta.meta_gradients(tape, objective, trainer.variables)
         carried = [t._replace(params=r[2], state=r[3]) for t, r in zip(trajectories, results)]
         return carried, gradients, _mean([r[0] for r in results]), _mean([r[1] for r in results])
 

@@ -20,13 +20,15 @@ from l2o_tf import fileio
 from l2o_tf import meta
 from l2o_tf import networks
 from l2o_tf import optimizers
+from l2o_tf import seeding
 
 FLAGS = flags.FLAGS
 PROGRESS_EVERY = 500  # steps per compiled chunk, between progress lines
 
 
 def update_rule(optimizer, path, learning_rate, expected_cell, **cell_overrides):
-    """The update rule a run uses: a loaded learned optimizer of the expected class, or a baseline."""
+    """The update rule a run uses: a loaded learned optimizer of the expected class, or a baseline (the names as
+    `cli.evaluation_optimizer` spells them; the entry points checked the flags before TensorFlow loaded)."""
     if optimizer == "L2L":
         if not path:
             raise cli.UsageError("--optimizer=L2L needs --path, the learned optimizer file (e.g. .../cw.l2l-0)")
@@ -42,7 +44,7 @@ def update_rule(optimizer, path, learning_rate, expected_cell, **cell_overrides)
 
 def evaluate(problem, rule, num_steps, num_epochs, seed, on_progress=None):
     """Per-step losses (float32, num_epochs * num_steps) of `rule` on `problem`, one trajectory throughout."""
-    runner = meta.Runner(problem, rule, tf.random.Generator.from_seed(seed))
+    runner = meta.Runner(problem, rule, seeding.generator(seed))
     trajectory = runner.new_trajectory()
     records = []
     for epoch in range(num_epochs):
@@ -54,34 +56,50 @@ def evaluate(problem, rule, num_steps, num_epochs, seed, on_progress=None):
 
 def main(net):
     """Evaluate with the flags; `net` ("dm" or "rnnprop") is the learned optimizer `--optimizer=L2L` expects."""
-    cli.positive("num_steps", FLAGS.num_steps)
-    cli.positive("num_epochs", FLAGS.num_epochs)
+    cli.check_evaluation_flags(net)
+    optimizer = cli.evaluation_optimizer()
     seed = cli.seed_or_random(FLAGS.seed)
     overrides = cli.cell_flags()
-    rule = update_rule(FLAGS.optimizer, FLAGS.path, FLAGS.learning_rate, networks.NETS[net], **overrides)
+    rule = update_rule(optimizer, FLAGS.path, FLAGS.learning_rate, networks.NETS[net], **overrides)
+    data = cli.check_problem_and_data(mode="test")
     problem = cli.make_problem(mode="test")
-    logging.info("evaluating %s on %s (%d parameters) for %d x %d steps", FLAGS.optimizer, problem.name,
+    logging.info("evaluating %s on %s (%d parameters) for %d x %d steps", optimizer, problem.name,
                  problem.num_params, FLAGS.num_epochs, FLAGS.num_steps)
     start = time.time()
+    total_steps = FLAGS.num_epochs * FLAGS.num_steps
 
     def progress(epoch, done, losses):
         elapsed = time.time() - start
-        total = epoch * FLAGS.num_steps + done
-        logging.info("epoch %d step %d/%d  loss %.4f  (mean of last %d: %.4f)  %.0f steps/s", epoch + 1, done,
-                     FLAGS.num_steps, losses[-1], min(done, PROGRESS_EVERY), losses[-PROGRESS_EVERY:].mean(),
-                     total / max(elapsed, 1e-9))
+        steps = epoch * FLAGS.num_steps + done
+        rate = steps / max(elapsed, 1e-9)
+        logging.info("epoch %d step %d/%d  loss %.4f  (mean of last %d: %.4f)  %.0f steps/s  ETA %s", epoch + 1,
+                     done, FLAGS.num_steps, losses[-1], min(done, PROGRESS_EVERY), losses[-PROGRESS_EVERY:].mean(),
+                     rate, format_duration((total_steps - steps) / max(rate, 1e-9)))
 
     losses = evaluate(problem, rule, FLAGS.num_steps, FLAGS.num_epochs, seed, progress)
     elapsed = time.time() - start
     if not np.all(np.isfinite(losses)):
         logging.warning("the loss became non-finite at step %d", int(np.argmin(np.isfinite(losses))))
     print(f"Epoch {FLAGS.num_epochs}")
-    print(f"Log Mean Final Error: {np.log10(losses.mean()):.2f}")  # the original's name for log10(mean loss)
+    # the original's name for log10 of the mean loss over all steps; the README's tables use ln
+    print(f"Log Mean Final Error: {np.log10(losses.mean()):.2f}   (log10 of the mean loss; ln(mean loss): "
+          f"{np.log(losses.mean()):.2f})")
     print(f"Mean epoch time: {elapsed / FLAGS.num_epochs:.2f} s")
-    record = os.path.join(FLAGS.output_path, f"{FLAGS.optimizer}_eval_loss_record.pickle-{problem.name}")
+    record = os.path.join(FLAGS.output_path, f"{optimizer}_eval_loss_record.pickle-{problem.name}")
     fileio.atomic_save_pickle(record, [float(v) for v in losses])
-    run_flags = {name: FLAGS[name].value for name in ("optimizer", "problem", "path", "num_epochs", "num_steps",
-                                                      "learning_rate", *overrides)}
-    run_flags["seed"] = seed
+    run_flags = {name: FLAGS[name].value for name in ("problem", "path", "num_epochs", "num_steps", "learning_rate",
+                                                      "data_dir", *overrides)}
+    run_flags.update(optimizer=optimizer, seed=seed, data_source=data.source if data else None,
+                     embedded_sample=bool(data and data.is_sample))
     fileio.atomic_save_npz(record + ".npz", losses=losses, flags=json.dumps(run_flags))
     print(f"Loss record: {record} (and .npz)")
+
+
+def format_duration(seconds):
+    """`1h02m`, `3m05s` or `42s`: an ETA short enough for a progress line."""
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"

@@ -23,6 +23,7 @@ import tensorflow as tf
 from l2o_tf import errors
 from l2o_tf import optimizers
 from l2o_tf import rules
+from l2o_tf import seeding
 
 GUARDS = ("lgl2o", "gl2o")
 BATCHES = ("fresh", "own")
@@ -232,5 +233,5 @@ class GuardedProblem:
 def guard_problem(problem, rule, seed, guard, batch="fresh", **options):
     """(guarded rule, problem view for the Runner): the evaluation harness's one call. The fresh minibatches come
     from their own generator (seeded from `seed`), so the gradients' minibatches are those of the unguarded run."""
-    view = GuardedProblem(problem, tf.random.Generator.from_seed([int(seed), 1]), batch)
+    view = GuardedProblem(problem, seeding.generator(seed, "guard batches"), batch)
     return make(guard, rule, view, **options), view

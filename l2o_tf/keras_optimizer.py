@@ -142,6 +142,13 @@ class GuardedModel(keras.Model):
             self.guard_every, **options))
         super().compile(optimizer=optimizer, **kwargs)
 
+    def compile_from_config(self, config):
+        """What `keras.models.load_model` calls: compile again (which guards the new optimizer), then build the
+        optimizer so that its saved variables (the learned and guard state) can be loaded into it."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
@@ -158,6 +165,11 @@ class GuardedModel(keras.Model):
                 metric.update_state(loss)
         metrics = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
         return {**metrics, "learned_step": self.learned_step.result()}
+
+    def test_step(self, data):
+        logs = super().test_step(data)
+        logs.pop("learned_step", None)  # a training behaviour: nothing to report when evaluating
+        return logs
 
     def _candidate_losses(self, candidates):
         """The loss at each candidate (a list of trainable-variable values) on the current batch."""

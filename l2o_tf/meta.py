@@ -67,6 +67,12 @@ def meta_optimizer(cell, learning_rate):
     return cell.trainable_variables, optimizer
 
 
+def meta_gradients(tape, objective, variables):
+    """d objective / d variables, with zeros for weights the unroll does not reach (L2O-Scale's initial-state
+    vectors, used before the tape); explicit zeros, as Keras variables break UnconnectedGradients.ZERO."""
+    return [tf.zeros(v.shape) if g is None else g for g, v in zip(tape.gradient(objective, variables), variables)]
+
+
 def loss_and_gradient(problem, params, constants, scale, rng):
     """f(scale * params) on a fresh minibatch, and its gradients with respect to params (a list)."""
     with tf.GradientTape() as tape:
@@ -133,8 +139,7 @@ class Trainer:
     def _unroll(self, trajectory):
         with tf.GradientTape() as tape:
             meta_loss, final_loss, params, state, objective = self._forward(trajectory, tape)
-        # zeros for weights the unroll does not reach (L2O-Scale's initial-state vectors, used before the tape)
-        gradients = tape.gradient(objective, self.variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        gradients = meta_gradients(tape, objective, self.variables)
         applied = apply_if_finite(self.optimizer, gradients, self.variables, meta_loss)
         return params, state, meta_loss, final_loss, applied
 

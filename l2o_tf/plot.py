@@ -25,6 +25,7 @@ from l2o_tf import fileio
 
 FLAGS = flags.FLAGS
 RECORD_MARK = "_eval_loss_record.pickle-"
+MAX_POINTS = 2000  # per line, at most
 
 
 class PlotError(errors.UsageError):
@@ -127,22 +128,27 @@ def plot(panels, output, title=""):
     import matplotlib.pyplot as plt
     labels = list(dict.fromkeys(label for lines in panels.values() for label, *_ in lines))
     colours = {label: f"C{i % 10}" for i, label in enumerate(labels)}
-    figure, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.0), squeeze=False)
+    handles = {}
     for axis, (problem, lines) in zip(axes[0], panels.items()):
         for label, mean, std, seeds in lines:
-            steps = np.arange(1, len(mean) + 1)
-            axis.plot(steps, mean, color=colours[label], linewidth=1.2,
-                      label=label if seeds == 1 else f"{label} ({seeds} seeds)")
+            every = max(1, len(mean) // MAX_POINTS)  # a light file: the curves are smoothed already
+            steps = np.arange(1, len(mean) + 1)[::every]
+            mean, std = mean[::every], std[::every]
+            handles[label], = axis.plot(steps, mean, color=colours[label], linewidth=1.2,
+                                        label=label if seeds == 1 else f"{label} ({seeds} seeds)")
             if seeds > 1:
                 axis.fill_between(steps, mean - std, mean + std, color=colours[label], alpha=0.2, linewidth=0)
         axis.set_title(problem)
         axis.set_xlabel("iteration")
         axis.grid(alpha=0.3)
     axes[0][0].set_ylabel("ln(training loss)")
-    axes[0][0].legend(fontsize=8)
+    figure.legend(list(handles.values()), [h.get_label() for h in handles.values()], loc="lower center",
+                  ncol=min(len(handles), 3), fontsize=8, frameon=False)
     if title:
         figure.suptitle(title)
-    figure.tight_layout()
+    rows = (len(handles) + 2) // 3
+    figure.tight_layout(rect=(0, 0.06 * rows, 1, 1))
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     pdf = os.path.splitext(output)[0] + ".pdf"
     figure.savefig(output, dpi=110)

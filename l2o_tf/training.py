@@ -20,14 +20,12 @@ import os
 import signal
 import threading
 import time
-import zlib
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 from tensorflow.core.framework import summary_pb2
 
-from l2o_tf import config as config_lib
 from l2o_tf import curriculum
 from l2o_tf import distribute
 from l2o_tf import errors
@@ -37,6 +35,7 @@ from l2o_tf import meta
 from l2o_tf import networks
 from l2o_tf import optimizers
 from l2o_tf import original_pickle
+from l2o_tf import seeding
 from l2o_tf import self_improving
 
 CHECKPOINT_DIR = "checkpoints"
@@ -53,7 +52,7 @@ class TrainingDiverged(errors.L2OError):
 
 def component_generator(seed, name):
     """The random generator of one component: a function of (seed, name) alone."""
-    return tf.random.Generator.from_seed([int(seed), zlib.crc32(name.encode())])
+    return seeding.generator(seed, name)
 
 
 class MetaTraining:
@@ -62,10 +61,11 @@ class MetaTraining:
     def __init__(self, config, problem, cell=None, strategy=None):
         self.config, self.problem = config.validate(), problem
         self.seed = _seed_or_fresh(config.seed)
-        # `strategy`: a tf.distribute.Strategy instead of --strategy's; a given `cell` must be built under its scope
-        self.strategy = strategy or distribute.strategy_named(config.strategy)
+        # `strategy`: a tf.distribute.Strategy instead of --strategy's; a given `cell` must be built under its scope.
+        # A config without these fields (L2O-Scale's, for now) runs one optimizee on one device.
+        self.strategy = strategy or distribute.strategy_named(getattr(config, "strategy", "default"))
         self.chief = distribute.is_chief(self.strategy)
-        self.num_optimizees = distribute.resolve_count(self.strategy, config.num_optimizees)
+        self.num_optimizees = distribute.resolve_count(self.strategy, getattr(config, "num_optimizees", None))
         self.rngs = {name: component_generator(self.seed, name) for name in RANDOM_COMPONENTS}
         self.optimizee_rngs = distribute.optimizee_generators(  # optimizee k > 0: "train/k" and "mixture/k"
             self.strategy, self.num_optimizees, ("train", "mixture"), lambda name: component_generator(self.seed, name))
@@ -74,24 +74,7 @@ class MetaTraining:
             self.cell = cell or networks.for_problem(config.net, problem.name, seed=self.seed, **config.cell)
             if not self.cell.built:
                 self.cell.build()
-            self.mixture = None
-            if config.self_improving:
-                auxiliaries = [optimizers.get(name, TEACHER_LEARNING_RATE) for name in config.auxiliary_optimizers]
-                self.mixture = self_improving.MixtureRule(self.cell, auxiliaries, self.rngs["mixture"])
-            self.trainer = meta.Trainer(problem, self.cell, self.rngs["train"], config.learning_rate,
-                                        config.unroll_length, config.second_derivatives, rule=self.mixture)
-            if distribute.is_parallel(self.strategy, self.num_optimizees):
-                self.trainer = distribute.ParallelTrainer(self.strategy, self.trainer, self.optimizee_rngs["train"],
-                                                          distribute.with_rngs(self.trainer.rule,
-                                                                               self.optimizee_rngs["mixture"]))
-            self.validator = meta.Runner(problem, self.cell, self.rngs["validation"])
-            self.teachers, self.imitators = [], []
-            if config.if_mt:
-                for name in config.optimizers[:config.num_mt]:
-                    self.teachers.append(imitation.Teacher(problem, optimizers.get(name, TEACHER_LEARNING_RATE),
-                                                           self.rngs["imitation"], config.k))
-                    self.imitators.append(imitation.ImitationTrainer(self.cell, config.learning_rate,
-                                                                     config.unroll_length, problem.param_shapes))
+            self._build_trainers()
         self.curriculum = curriculum.Curriculum(config.schedule, config.min_num_eval, enabled=config.if_cl)
         self.epoch = 0
         self.training_epochs = 0  # epochs that trained on the meta-loss (the self-improving decay counts these)
@@ -99,10 +82,8 @@ class MetaTraining:
         self.finished = False  # the curriculum ended the run: running the command again does nothing
         self.history = []
         self._progress = tf.Variable("", dtype=tf.string, trainable=False)
-        self._checkpoint = tf.train.Checkpoint(
-            weights={v.name: v for v in self.cell.weights},
-            meta_optimizer=self.trainer.optimizer, imitation_optimizers=[i.optimizer for i in self.imitators],
-            rngs=self.rngs, progress=self._progress, **distribute.checkpointed_generators(self.optimizee_rngs))
+        self._checkpoint = tf.train.Checkpoint(**self._checkpointed(), rngs=self.rngs, progress=self._progress,
+                                               **distribute.checkpointed_generators(self.optimizee_rngs))
         self._manager = None
         if config.save_path:
             self._manager = tf.train.CheckpointManager(
@@ -113,6 +94,33 @@ class MetaTraining:
         if not self.resumed:
             self.history.append({"epoch": 0, "kind": "start", "problem": problem.name, "seed": self.seed,
                                  "data_source": data_source(problem), "config": config.as_dict()})
+
+    def _build_trainers(self):
+        """The meta-trainer, the validator and the imitation teachers (L2O-Scale's subclass builds its own)."""
+        config, problem = self.config, self.problem
+        self.mixture = None
+        if config.self_improving:
+            auxiliaries = [optimizers.get(name, TEACHER_LEARNING_RATE) for name in config.auxiliary_optimizers]
+            self.mixture = self_improving.MixtureRule(self.cell, auxiliaries, self.rngs["mixture"])
+        self.trainer = meta.Trainer(problem, self.cell, self.rngs["train"], config.learning_rate,
+                                    config.unroll_length, config.second_derivatives, rule=self.mixture)
+        if distribute.is_parallel(self.strategy, self.num_optimizees):
+            self.trainer = distribute.ParallelTrainer(self.strategy, self.trainer, self.optimizee_rngs["train"],
+                                                      distribute.with_rngs(self.trainer.rule,
+                                                                           self.optimizee_rngs["mixture"]))
+        self.validator = meta.Runner(problem, self.cell, self.rngs["validation"])
+        self.teachers, self.imitators = [], []
+        if config.if_mt:
+            for name in config.optimizers[:config.num_mt]:
+                self.teachers.append(imitation.Teacher(problem, optimizers.get(name, TEACHER_LEARNING_RATE),
+                                                       self.rngs["imitation"], config.k))
+                self.imitators.append(imitation.ImitationTrainer(self.cell, config.learning_rate,
+                                                                 config.unroll_length, problem.param_shapes))
+
+    def _checkpointed(self):
+        """What the resume checkpoint holds besides the generators and the progress record."""
+        return {"weights": {v.name: v for v in self.cell.weights}, "meta_optimizer": self.trainer.optimizer,
+                "imitation_optimizers": [i.optimizer for i in self.imitators]}
 
     # -- one epoch ------------------------------------------------------------------------------------------------
     def num_unrolls(self, steps):
@@ -284,7 +292,7 @@ class MetaTraining:
                                       "(checkpoint.npz); continue it with that version or use a fresh --save_path")
             return False
         state = _read_progress(path)
-        saved = {k: state["config"].get(k) for k in config_lib.RESUME_MUST_MATCH}
+        saved = {k: state["config"].get(k) for k in self.config.resume_key()}
         mismatched = {k: (v, saved[k]) for k, v in self.config.resume_key().items() if saved[k] != v}
         if mismatched:
             raise errors.UsageError(f"{self.config.save_path} holds a run with other settings: " + ", ".join(

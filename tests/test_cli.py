@@ -72,10 +72,10 @@ def history(save_path):
 
 def test_evaluate_adam_writes_records_and_is_reproducible(tmp_path, env):
     out = tmp_path / "out"
-    code, log = run("evaluate_dm", env, "--optimizer=Adam", "--learning_rate=0.01", "--problem=mnist",
-                    "--num_steps=300", f"--output_path={out}", "--seed=4")
+    code, log = run("evaluate_dm", env, "--optimizer=adam", "--learning_rate=0.01", "--problem=mnist",
+                    "--num_steps=300", f"--output_path={out}", "--seed=4")  # names are case-insensitive
     assert code == 0, log
-    with open(out / "Adam_eval_loss_record.pickle-mnist", "rb") as f:
+    with open(out / "Adam_eval_loss_record.pickle-mnist", "rb") as f:  # named in the canonical spelling
         losses = pickle.load(f)
     assert len(losses) == 300 and all(isinstance(v, float) for v in losses)
     assert np.mean(losses[-50:]) < 0.6 * np.mean(losses[:10])  # Adam(0.01) learns the MLP
@@ -164,13 +164,6 @@ def test_bad_flags_are_one_line_errors_before_tensorflow_loads(env, tmp_path, we
     assert ".json" not in log  # no misleading word about a config sidecar
 
 
-def test_optimizer_names_are_case_insensitive(tmp_path, env):
-    code, log = run("evaluate_dm", env, "--optimizer=nag", "--learning_rate=0.01", "--num_steps=5",
-                    f"--output_path={tmp_path}", "--seed=1")
-    assert code == 0, log
-    assert os.path.exists(tmp_path / "NAG_eval_loss_record.pickle-mnist")  # the canonical name, as the original
-
-
 @pytest.mark.parametrize("module", ["evaluate_dm", "evaluate_rnnprop", "train_dm", "train_rnnprop"])
 def test_help_lists_the_project_flags(env, module):
     result = subprocess.run([sys.executable, "-m", f"l2o_tf.{module}", "--help"], env=env, capture_output=True,
@@ -225,7 +218,7 @@ def test_train_dm_writes_a_loadable_optimizer_that_evaluates(tmp_path, env):
     fresh = networks.CoordinateWiseDeepLSTM(seed=1)
     fresh.build()
     assert not np.array_equal(cell.get_original_weights()["linear"]["w"], fresh.get_original_weights()["linear"]["w"])
-    kinds = [h["kind"] for h in history(str(save))]
+    kinds = [h["kind"] for h in history(str(save)) if h["kind"] != "start"]
     assert kinds == ["train", "validation", "train", "validation"]
     code, log = run("evaluate_dm", env, "--optimizer=L2L", f"--path={save / 'cw.l2l-0'}", "--problem=mnist",
                     "--num_steps=50", f"--output_path={tmp_path / 'out'}", "--seed=0")
@@ -236,7 +229,7 @@ def test_train_dm_writes_a_loadable_optimizer_that_evaluates(tmp_path, env):
 def test_a_killed_run_resumes_where_its_checkpoint_left_off(tmp_path, env):
     save = tmp_path / "killed"
     flags = [f"--save_path={save}", "--problem=quadratic", "--evaluation_period=3", "--evaluation_epochs=1",
-             "--num_steps=20", "--checkpoint_secs=0", "--seed=5"]
+             "--num_steps=20", "--checkpoint_secs=1", "--seed=5"]
     process = subprocess.Popen([sys.executable, "-m", "l2o_tf.train_dm", *flags, "--num_epochs=100000"], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -299,7 +292,7 @@ def test_imitation_and_self_improving_modes_train(tmp_path, env, module):
         code, log = run(module, env, f"--save_path={save}", "--problem=quadratic", "--num_steps=20",
                         "--num_epochs=2", "--evaluation_period=2", "--evaluation_epochs=1", "--seed=0", *mode)
         assert code == 0, log
-        epochs = [h for h in history(str(save)) if h["kind"] != "validation"]
+        epochs = [h for h in history(str(save)) if h["kind"] not in ("start", "validation")]
         assert all(h["applied"] == 1 for h in epochs)  # one unroll of 20 steps, one meta-update each
         if mode[0] == "--if_mt":
             assert [h["kind"] for h in epochs] == ["imitation[rmsprop]", "imitation[nag]"]
@@ -390,9 +383,13 @@ def test_load_says_what_is_wrong_with_a_file(weights_files):
 
 def test_the_package_exposes_its_modules():
     package_dir = os.path.dirname(l2o_tf.__file__)
-    entry_points = {"train_dm", "train_rnnprop", "evaluate_dm", "evaluate_rnnprop", "cli"}  # cli: their flags
+
+    def is_library_module(name):  # not the command-line layer: the entry points and the flags they share
+        with open(os.path.join(package_dir, name), encoding="utf-8") as f:
+            return name != "cli.py" and 'if __name__ == "__main__":' not in f.read()
+
     modules = {name[:-3] for name in os.listdir(package_dir)
-               if name.endswith(".py") and not name.startswith("_")} - entry_points
+               if name.endswith(".py") and not name.startswith("_") and is_library_module(name)}
     assert {"keras_step", "rules", "networks", "optimizers", "problems", "datasets", "meta"} <= modules
     assert modules <= set(dir(l2o_tf)), modules - set(dir(l2o_tf))
     for name in sorted(modules):

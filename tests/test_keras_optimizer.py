@@ -234,3 +234,34 @@ def test_guarded_fit_with_gl2o_every_2_and_an_adam_guard_runs_and_records(data):
     assert 0.0 <= history["learned_step"][0] <= 1.0
     assert history["learned_step"][0] in (0.0, 0.5, 1.0)   # decided at steps 0 and 2, kept in between
     assert np.isfinite(history["loss"][0])
+
+
+def test_guarded_model_saves_restores_and_continues_identically(data, tmp_path):
+    x, y = data
+    model = l2o_tf.GuardedModel(mlp(), guard="gl2o", guard_optimizer="adam", guard_learning_rate=0.01)
+    model.compile(optimizer=l2o_tf.LearnedOptimizer("rnnprop"), loss=LOSS, metrics=["accuracy"])
+    model.fit(x[:3 * BATCH], y[:3 * BATCH], batch_size=BATCH, shuffle=False, verbose=0)
+    model.save(tmp_path / "guarded.keras")
+    restored = keras.models.load_model(tmp_path / "guarded.keras")
+    assert isinstance(restored, l2o_tf.GuardedModel) and restored.guard == "gl2o"
+    histories = [m.fit(x[3 * BATCH:], y[3 * BATCH:], batch_size=BATCH, shuffle=False, verbose=0).history
+                 for m in (model, restored)]
+    assert histories[0] == histories[1]
+    for a, b in zip(weights(restored), weights(model)):
+        np.testing.assert_array_equal(a, b)
+    assert set(model.evaluate(x, y, verbose=0, return_dict=True)) == {"loss", "accuracy"}
+
+
+def test_l2o_scale_checkpoint_through_load_and_fit(data):
+    # L2O-Scale's state spans tensors (per-tensor and global RNN states): apply() steps them all at once
+    path = require_shared("reference", "original_models", "scale_cl_il")
+    steps = 2
+    rule = l2o_tf.load(path, seed=3)
+    assert type(rule).__name__ == "HierarchicalRNN"
+    model = mlp()
+    model.compile(optimizer=l2o_tf.LearnedOptimizer(rule), loss=LOSS)
+    x, y = data
+    model.fit(x[:steps * BATCH], y[:steps * BATCH], batch_size=BATCH, shuffle=False, verbose=0)
+    want = direct_weights(l2o_tf.load(path, seed=3), data, steps)[-1]  # same seed: same initial learning rates
+    for a, b in zip(weights(model), want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

@@ -312,6 +312,16 @@ def test_meta_gradient_matches_finite_differences(small_mnist):
     assert float(first_order[0]) != pytest.approx(float(exact[0]), rel=1e-4)
 
 
+def test_l2_reg_adds_twice_its_weight_times_the_meta_parameters(small_mnist):
+    subset, batches, params = small_plan(small_mnist, 2)
+    args = ([tf.constant(p) for p in params], None, tf.constant(subset), tf.constant(batches), tf.constant(3.0))
+    plain = make_unroller(small_mnist).meta_gradient(*args)
+    regularised = make_unroller(small_mnist, l2_reg=0.5).meta_gradient(*args)
+    weights = [-2.0, 0.3, np.ones(2)]  # MomentumRule's log_lr, init, unused
+    for g, r, w in zip(plain, regularised, weights):
+        np.testing.assert_allclose(r.numpy(), g.numpy() + 2 * 0.5 * np.asarray(w), rtol=1e-4, atol=1e-6)
+
+
 def test_train_unroll_applies_tf1_rmsprop_and_carries_the_state(small_mnist):
     """A carried state gives the initial vector no gradient (but 0: its ms slot still decays); the update is
     -lr g / sqrt(0.9 + 0.1 g^2); the returned trajectory is the forward's own."""
@@ -343,3 +353,198 @@ def test_validation_cost_is_the_subset_loss_before_the_last_update(small_mnist):
     expected = np_unroll([p.astype(np.float64) for p in params], momentum, -2.0, images, labels, subset, batches,
                          1.0)[0][-1]
     assert u.validation_cost(params, None, subset, [batches[:3], batches[3:]]) == pytest.approx(expected, rel=2e-5)
+
+
+# -- §3-§4 end to end: curriculum, imitation, files, resume ----------------------------------------------------------
+
+import json  # noqa: E402
+import os  # noqa: E402
+
+from l2o_scale import checkpoint, config as scale_config, meta_training  # noqa: E402
+from l2o_tf import curriculum  # noqa: E402
+
+
+def tiny_config(train_dir, **overrides):
+    """CL over 6, 9, 12 steps in unrolls of 3, imitation half of the time, one validation run, subsets of 200."""
+    values = dict(train_dir=str(train_dir), if_cl=True, if_mt=True, mt_ratio=0.5, fix_unroll=True,
+                  fix_unroll_length=3, num_steps_schedule=(6, 9, 12), num_meta_iterations=4, evaluation_epochs=1,
+                  mini_batch_size=200, use_second_derivatives=False, meta_learning_rate=1e-3, seed=3,
+                  min_num_eval=2, jit_compile=False)  # an XLA compile would cost more than these validations
+    values.update(overrides)
+    return scale_config.ScaleConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def mnist_600():
+    rng = np.random.default_rng(12)
+    images = rng.uniform(0, 1, size=[600, 28, 28, 1]).astype(np.float32)
+    return problems.get("mnist", dataset=(images, rng.integers(0, 10, size=600).astype(np.int32)))
+
+
+def test_tiny_metarun_with_curriculum_and_imitation_then_resume(mnist_600, tmp_path):
+    first = meta_training.ScaleTraining(tiny_config(tmp_path, num_meta_iterations=3), mnist_600)
+    initial = {name: v.numpy().copy() for name, v in first.cell.original_variables().items()}
+    first.run()
+    assert first.epoch == 3 and not first.resumed
+    resumed = meta_training.ScaleTraining(tiny_config(tmp_path, num_meta_iterations=6), mnist_600)
+    assert resumed.resumed and resumed.epoch == 3
+    updates = int(resumed.iterations.meta_optimizer.iterations)
+    assert updates == int(first.iterations.meta_optimizer.iterations) > 0
+    resumed.run()
+    logdir = tmp_path / scale_config.LOGDIR_NAME
+    history = json.loads((logdir / "history.json").read_text())
+    epochs = [r for r in history if r["kind"] in ("train", "imitation[adam]")]
+    assert [r["epoch"] for r in epochs] == list(range(1, resumed.epoch + 1))
+    assert {r["kind"] for r in epochs} == {"train", "imitation[adam]"}
+    # one meta-update per unroll: training and imitation share the RMSProp and its iteration counter
+    assert int(resumed.iterations.meta_optimizer.iterations) == updates + sum(
+        r["applied"] for r in epochs if r["epoch"] > 3)
+    # the curriculum's decisions are the state machine's on the recorded costs (restart at each new stage)
+    replay = curriculum.Curriculum((6, 9, 12), min_num_eval=2)
+    for record in history:
+        if record["kind"] == "validation":
+            assert replay.observe(record["cost"]) == record["decision"] and record["stage"] == replay.stage
+            assert record["steps"] == replay.valid_steps or record["decision"] == curriculum.ADVANCE
+        elif record["kind"] == "stage":
+            replay.start_stage(record["baseline"])
+    assert any(r.get("decision") == curriculum.IMPROVED for r in history)
+    # files: the best model in the original's TF1 format, loadable, trained (moved), with RMSProp slots
+    assert (logdir / "model.ckpt-0.index").exists() and (logdir / "checkpoint").exists()
+    best = checkpoint.load(str(logdir / "model.ckpt-0"))
+    assert any(np.any(v.numpy() != initial[name]) for name, v in best.original_variables().items())
+    moved = max(np.max(np.abs(v.numpy() - initial[name])) for name, v in resumed.cell.original_variables().items())
+    assert moved > 1e-6  # steps of ~lr * g: the mean square starts at 1
+    _, tensors = checkpoint.read(str(logdir / "model.ckpt-0"))
+    assert int(tensors["global_step"]) > 0
+    assert np.all(tensors["LOL/update_weights/RMSProp"] < 1.0)  # ms started at 1 and decayed with the updates
+
+
+# -- §4.2 the shared imitation code with Scale's options ---------------------------------------------------------
+
+from l2o_tf import imitation, optimizers  # noqa: E402
+
+
+def np_adam_steps(gradients, lr=0.01, b1=0.9, b2=0.999, eps=1e-8):
+    m = v = 0.0
+    for t, g in enumerate(gradients, 1):
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+        yield -lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t) * m / (np.sqrt(v) + eps)
+
+
+def test_teacher_from_a_given_start_on_given_minibatches(small_mnist):
+    """k = 2: recorded gradient i is at the teacher's iterate after 2i steps on minibatch 2i; step i spans 2 steps."""
+    rng = np.random.default_rng(13)
+    params = [0.1 * p for p in plans.optimizee_init(rng, small_mnist.param_shapes)]
+    batches = plans.batch_indices(rng, 300, 6, 16)
+    teacher = imitation.Teacher(small_mnist, optimizers.Adam(0.01), tf.random.Generator.from_seed(0), k=2)
+    gradients, steps = (a.numpy() for a in teacher.trajectory(3, params=params, batches=batches))
+    x = small_mnist.images.numpy().reshape(300, -1).astype(np.float64)
+    y = small_mnist.labels.numpy()
+    flat = np.concatenate([p.ravel() for p in params]).astype(np.float64)
+    shapes = small_mnist.param_shapes
+    split = np.cumsum([int(np.prod(s)) for s in shapes])[:-1]
+
+    def gradient(v, batch):
+        tensors = [piece.reshape(s) for piece, s in zip(np.split(v, split), shapes)]
+        return np.concatenate([g.ravel() for g in np_mlp_loss_and_gradient(tensors, x[batch], y[batch])[1]])
+
+    iterates, recorded = [flat], []
+    m, v = np.zeros_like(flat), np.zeros_like(flat)
+    for t, batch in enumerate(batches, 1):
+        g = gradient(iterates[-1], batch)
+        recorded.append(g)
+        m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+        iterates.append(iterates[-1] - 0.01 * np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t) * m / (np.sqrt(v) + 1e-8))
+    np.testing.assert_allclose(gradients, np.stack(recorded[::2]), rtol=1e-3, atol=1e-6)
+    # Adam divides by sqrt(v): where a gradient is ~0 its float32 rounding shows; 2e-5 is 0.2% of a step of lr
+    np.testing.assert_allclose(steps, np.stack([iterates[i + 2] - iterates[i] for i in (0, 2, 4)]), rtol=1e-3,
+                               atol=2e-5)
+    with pytest.raises(ValueError):
+        teacher.trajectory(4, params=params, batches=batches)  # 4 steps of k = 2 need 8 minibatches
+
+
+def test_imitation_trainer_with_scales_options():
+    """Unrolls of 2 then 3 steps from a given state, each step's loss weighted 1/T, the shared optimizer applied by
+    the given rule; the state goes on across unrolls and is kept."""
+    rule = MomentumRule()
+    rule.build()
+    rng = np.random.default_rng(14)
+    shapes = [(3, 2), (4,)]
+    gradients = rng.normal(size=[5, 10]).astype(np.float32)
+    steps = rng.normal(size=[5, 10]).astype(np.float32) * 0.1
+    applied_to = []
+
+    def record(optimizer, grads, variables, loss):
+        applied_to.append(optimizer)
+        return tf.constant(True)
+
+    shared = meta_optimizer.TF1RMSProp()
+    trainer = imitation.ImitationTrainer(rule, param_shapes=shapes, optimizer=shared, apply=record,
+                                         average_over_unroll=True)
+    state = [tf.fill(s, 0.2) for s in shapes]
+    loss, applied = trainer.train_epoch(tf.constant(gradients), tf.constant(steps), state=state,
+                                        unroll_lengths=[2, 3])
+    m, losses = np.full(10, 0.2), []
+    for t in range(5):
+        m = 0.5 * m + gradients[t]
+        losses.append(0.5 * np.sum((steps[t] + np.exp(-2.0) * m) ** 2) / 10)
+    assert applied == 2 and applied_to == [shared, shared]
+    assert loss == pytest.approx(np.mean(losses[2:]), rel=1e-5)
+    np.testing.assert_allclose(np.concatenate([s.numpy().ravel() for s in trainer.state]), m, rtol=1e-5)
+    with pytest.raises(ValueError):
+        trainer.train_epoch(tf.constant(gradients), tf.constant(steps), unroll_lengths=[3, 3])
+
+
+# -- the command line: bad input is one line, before TensorFlow loads ----------------------------------------------
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+CHECK_WITHOUT_TENSORFLOW = """
+import json, sys
+from absl import flags
+from l2o_scale import metarun
+for args in json.loads(sys.argv[1]):
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["metarun"] + args)
+    try:
+        print(metarun.scale_config())
+    except Exception as e:
+        print(f"error: {e}")
+print("tensorflow loaded" if "tensorflow" in sys.modules else "no tensorflow")
+"""
+
+BAD_FLAGS = [
+    ([], "no training problem selected"),
+    (["--include_mnist_conv_problems"], "ConvNets are not implemented"),
+    (["--include_mnist_mlp_problems", "--reg_optimizer", "--regularize_time=posterior"], "--regularize_time=none"),
+    (["--include_mnist_mlp_problems", "--reg_optimizee"], "--reg_optimizee"),
+    (["--include_mnist_mlp_problems", "--use_attention"], "default architecture only"),
+    (["--include_mnist_mlp_problems", "--num_problems=2"], "--num_problems=2"),
+    (["--include_mnist_mlp_problems", "--fix_num_steps=10"], "shorter than one unroll"),
+    (["--include_mnist_mlp_problems", "--mt_ratio=1.5"], "--mt_ratio"),
+    (["--include_mnist_mlp_problems", "--if_cl", "--num_steps_schedule=100 50"], "--num_steps_schedule"),
+]
+README_FLAGS = ["--train_dir=hess_cl_mt", "--regularize_time=none", "--alpha=1e-4", "--reg_optimizer=True",
+                "--reg_option=hessian-esd", "--include_mnist_mlp_problems", "--num_problems=1",
+                "--num_meta_iterations=100", "--fix_unroll=True", "--fix_unroll_length=20", "--evaluation_period=1",
+                "--evaluation_epochs=5", "--use_second_derivatives=False", "--if_cl=True", "--if_mt=True",
+                "--mt_ratio=0.1", "--mt_k=1"]
+
+
+def test_flags_are_checked_before_tensorflow_loads():
+    """Bad input is one `error:` line; the README's flags (its regulariser off by --regularize_time=none) are a valid
+    configuration with the original's defaults; TensorFlow is never imported for either."""
+    cases = [args for args, _ in BAD_FLAGS] + [README_FLAGS]
+    result = subprocess.run([sys.executable, "-c", CHECK_WITHOUT_TENSORFLOW, json.dumps(cases)],
+                            capture_output=True, text=True, timeout=300)
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1] == "no tensorflow" and len(lines) == len(cases) + 1, result.stdout + result.stderr
+    for line, (_, message) in zip(lines, BAD_FLAGS):
+        assert line.startswith("error: ") and message in line, line
+    readme = lines[len(BAD_FLAGS)]
+    assert not readme.startswith("error")
+    for field in ("if_cl=True", "if_mt=True", "mt_ratio=0.1", "meta_learning_rate=1e-06", "evaluation_epochs=5",
+                  "use_second_derivatives=False", "num_meta_iterations=100", "reset_rnn_params=True",
+                  "num_steps_schedule=(100, 200, 500, 1000, 1500, 2000, 2500, 3000, 3500, 4000, 4500, 5000)"):
+        assert field in readme

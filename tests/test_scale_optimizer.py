@@ -1,7 +1,6 @@
 """L2O-Scale's hierarchical RNN against an independent float64 numpy reading of SPEC_SCALE §1, and its checkpoints."""
 import math
 import os
-import shutil
 
 import keras
 import numpy as np
@@ -15,16 +14,14 @@ from l2o_scale import hierarchical_rnn
 from l2o_tf import errors
 from l2o_tf import meta
 from l2o_tf import problems
-from l2o_tf import rules
 
-ORIGINAL = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference", "original_models",
-                        "scale_cl_il")
 SHAPES = [(6, 3), (3,), (3, 2), (2,)]  # a small MLP's tensors, in problem order
 
 
 def require_original():
-    require_shared("reference", "original_models", "scale_cl_il", "model.ckpt-0.index")
-    return os.path.join(ORIGINAL, "model.ckpt-0")
+    """The shipped original checkpoint's prefix (skip without ../shared, fail with $L2O_REQUIRE_SHARED=1)."""
+    index = require_shared("reference", "original_models", "scale_cl_il", "model.ckpt-0.index")
+    return index[:-len(".index")]
 
 
 # -- independent numpy reference (float64), written from SPEC_SCALE §1.3-§1.5 ------------------------------------
@@ -96,11 +93,13 @@ def np_step(w, gradients, states, global_state, max_log_lr=33.0):
 def to_numpy_states(state):
     out = []
     for t in state.tensors:
-        s = {k: np.asarray(getattr(t, k), np.float64) for k in ("parameter", "layer", "scl_decay", "inp_decay",
-                                                                "log_learning_rate")}
+        # the optimizer keeps per-coordinate states feature-major, (k, n): the original's (n, k) transposed
+        s = {k: np.asarray(getattr(t, k), np.float64).T for k in ("parameter", "scl_decay", "inp_decay",
+                                                                  "log_learning_rate")}
+        s["layer"] = np.asarray(t.layer, np.float64)
         for i in range(4):
-            s[f"grad_accum{i + 1}"] = np.asarray(t.grad_accum[:, i:i + 1], np.float64)
-            s[f"ms{i + 1}"] = np.asarray(t.ms[:, i:i + 1], np.float64)
+            s[f"grad_accum{i + 1}"] = np.asarray(t.grad_accum[i:i + 1], np.float64).T
+            s[f"ms{i + 1}"] = np.asarray(t.ms[i:i + 1], np.float64).T
         out.append(s)
     return out, np.asarray(state.global_state, np.float64)
 
@@ -215,12 +214,12 @@ def test_features_of_a_hand_worked_gradient_sequence():
     """One coordinate, g = 2 then -2; then decays 1/256 (timescales 1/256, 1/16, 1/4, 1/2) and scale decay 1/2."""
     opt = hierarchical_rnn.HierarchicalRNN(seed=0)
     lr = tf.constant([[-5.0]])
-    state = hierarchical_rnn.TensorState(parameter=tf.zeros([1, 10]), layer=tf.zeros([1, 20]),
+    state = hierarchical_rnn.TensorState(parameter=tf.zeros([10, 1]), layer=tf.zeros([1, 20]),
                                          scl_decay=tf.zeros([1, 1]), inp_decay=tf.zeros([1, 1]),
-                                         log_learning_rate=lr, grad_accum=tf.zeros([1, 4]), ms=tf.zeros([1, 4]))
+                                         log_learning_rate=lr, grad_accum=tf.zeros([4, 1]), ms=tf.zeros([4, 1]))
     x, scaled, accum, ms = opt.features(tf.constant([[2.0]]), state, -6.0)
     a1 = math.asinh(1.0)  # first step: every momentum is g, every ms is g^2 (+1e-12)
-    np.testing.assert_allclose(x.numpy()[0], [a1] * 4 + [a1 * a1] * 3 + [0.0] * 4 + [1.0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(x.numpy()[:, 0], [a1] * 4 + [a1 * a1] * 3 + [0.0] * 4 + [1.0], rtol=1e-6, atol=1e-6)
     state = state._replace(scl_decay=tf.constant([[0.5]]), inp_decay=tf.constant([[1 / 256]]), grad_accum=accum, ms=ms)
     x, _, accum, ms = opt.features(tf.constant([[-2.0]]), state, -5.5)
     m = [-2 + 4 / 256, -2 + 4 / 16, -2 + 4 / 4, 0.0]  # (1 - d) * (-2) + d * 2
@@ -228,21 +227,20 @@ def test_features_of_a_hand_worked_gradient_sequence():
     s = [math.asinh(v / math.sqrt(q)) for v, q in zip(m, mean_sq)]
     logs = [math.log(q) for q in mean_sq]
     expected = s + [s[0] * s[1], s[1] * s[2], s[2] * s[3]] + [l - sum(logs) / 4 for l in logs] + [0.5]
-    np.testing.assert_allclose(accum.numpy()[0], m, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(ms.numpy()[0], mean_sq, rtol=1e-6)
-    np.testing.assert_allclose(x.numpy()[0], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(accum.numpy()[:, 0], m, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(ms.numpy()[:, 0], mean_sq, rtol=1e-6)
+    np.testing.assert_allclose(x.numpy()[:, 0], expected, rtol=1e-5, atol=1e-6)
 
 
 def test_first_step_rule_is_per_tensor_and_scale():
     """A scale whose ms is all zero takes g^2 undecayed; a scale with any non-zero entry decays (§1.5)."""
     opt = hierarchical_rnn.HierarchicalRNN(seed=0)
-    ms = tf.constant([[0.0, 0.0], [0.0, 9.0]])  # coordinates x scales (first two scales only shown)
-    ms = tf.concat([ms, tf.zeros([2, 2])], 1)
-    state = hierarchical_rnn.TensorState(tf.zeros([2, 10]), tf.zeros([1, 20]), tf.fill([2, 1], 0.5),
-                                         tf.zeros([2, 1]), tf.zeros([2, 1]), tf.zeros([2, 4]), ms)
-    _, _, _, new_ms = opt.features(tf.constant([[1.0], [2.0]]), state, 0.0)
-    np.testing.assert_allclose(new_ms.numpy()[:, 0], [1.0, 4.0], rtol=1e-6)  # all zero: no decay
-    np.testing.assert_allclose(new_ms.numpy()[:, 1], [0.5, 0.5 * 4 + 0.5 * 9], rtol=1e-6)
+    ms = tf.constant([[0.0, 0.0], [0.0, 9.0], [0.0, 0.0], [0.0, 0.0]])  # scales x coordinates
+    state = hierarchical_rnn.TensorState(tf.zeros([10, 2]), tf.zeros([1, 20]), tf.fill([1, 2], 0.5),
+                                         tf.zeros([1, 2]), tf.zeros([1, 2]), tf.zeros([4, 2]), ms)
+    _, _, _, new_ms = opt.features(tf.constant([[1.0, 2.0]]), state, 0.0)
+    np.testing.assert_allclose(new_ms.numpy()[0], [1.0, 4.0], rtol=1e-6)  # all zero: no decay
+    np.testing.assert_allclose(new_ms.numpy()[1], [0.5, 0.5 * 4 + 0.5 * 9], rtol=1e-6)
 
 
 def test_initial_state_and_its_seed():
@@ -258,7 +256,7 @@ def test_initial_state_and_its_seed():
         lr = x.log_learning_rate.numpy()
         assert lr.min() >= math.log(1e-6) and lr.max() <= math.log(1e-2)
         np.testing.assert_array_equal(x.parameter, np.tile(opt.original_variables()["LOL/Level0_RNN/init_vector"],
-                                                           [lr.shape[0], 1]))
+                                                           [lr.shape[1], 1]).T)
     same = hierarchical_rnn.HierarchicalRNN(seed=3, init_lr_range=(1e-3, 1e-3)).initial_state(SHAPES)
     np.testing.assert_allclose(same.tensors[0].log_learning_rate, math.log(1e-3), rtol=1e-6)
     opt.reseed(5)  # inside tf.function, the same draws as eagerly
@@ -289,7 +287,7 @@ def test_documented_fixes_change_what_they_say():
     assert np.abs(s1.global_state - s0.global_state).max() > 1e-3
     # smoothed: exp(new_log_lr + offset) instead of exp(step_log_lr + offset); new - step = -lrm * lr_change
     w = weights_of(opt)
-    h = s0.tensors[0].parameter.numpy()
+    h = s0.tensors[0].parameter.numpy().T
     lr_change = h @ w["LOL/learning_rate_weights"] + w["LOL/learning_rate_bias"]
     lrm = 1 / (1 + math.exp(-float(w["LOL/PerTensor/learning_rate_momentum_logit"])))
     np.testing.assert_allclose(d2[0].numpy().reshape(-1, 1), d0[0].numpy().reshape(-1, 1) * np.exp(-lrm * lr_change),
@@ -315,7 +313,7 @@ def test_finite_meta_gradient_through_a_short_unroll():
     data = (rng.uniform(size=(64, 28, 28, 1)).astype(np.float32), rng.integers(0, 10, size=64).astype(np.int32))
     problem = problems.get("mnist", "train", dataset=data)
     opt = hierarchical_rnn.HierarchicalRNN(seed=0)
-    trainer = meta.Trainer(problem, opt, tf.random.Generator.from_seed(0), unroll_length=3)
+    trainer = meta.Trainer(problem, opt, tf.random.Generator.from_seed(0), unroll_length=2)
     meta_loss, gradients = trainer.meta_gradient(trainer.new_trajectory())
     assert np.isfinite(float(meta_loss))
     named = dict(zip([v.path for v in trainer.variables], gradients))
@@ -323,6 +321,9 @@ def test_finite_meta_gradient_through_a_short_unroll():
     assert len(computed) >= 25 and all(np.all(np.isfinite(g)) for g in computed)
     lr_weights = opt.original_variables()["LOL/learning_rate_weights"]
     assert np.abs(named[lr_weights.path]).max() > 0  # the learning-rate path carries meta-gradient
+    before = lr_weights.numpy()
+    _, meta_loss, _, applied = trainer.train_unroll(trainer.new_trajectory())  # compiled, with the meta-Adam step
+    assert applied and np.isfinite(meta_loss) and not np.array_equal(lr_weights.numpy(), before)
 
 
 def test_wrong_gradients_are_clear_errors():
@@ -343,7 +344,7 @@ def test_import_reads_every_variable_by_name():
     for name, var in opt.original_variables().items():
         np.testing.assert_array_equal(var.numpy(), tensors[name])
     assert int(tensors["global_step"]) == 6  # the 6-step smoke test of SPEC_SCALE §8.8
-    by_dir = l2o_scale.load(ORIGINAL)
+    by_dir = l2o_scale.load(os.path.dirname(path))
     np.testing.assert_array_equal(by_dir.original_variables()["LOL/update_weights"].numpy(),
                                   tensors["LOL/update_weights"])
     assert l2o_scale.load(path, init_lr_range=(1e-5, 1e-3)).init_lr_range == (1e-5, 1e-3)
@@ -402,3 +403,38 @@ def test_bad_checkpoints_are_one_line_errors(tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match="no checkpoint"):
         l2o_scale.load(tmp_path / "empty")
     assert issubclass(checkpoint.CheckpointError, errors.L2OError)
+
+
+def test_keras_model_fit_with_the_learned_optimizer():
+    from l2o_tf.keras_optimizer import LearnedOptimizer  # pylint: disable=import-outside-toplevel
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(128, 8)).astype(np.float32)
+    y = (x[:, :1] > 0).astype(np.float32)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="tanh"), keras.layers.Dense(1)])
+    opt = hierarchical_rnn.HierarchicalRNN(seed=0, init_lr_range=(1e-2, 1e-2))
+    model.compile(optimizer=LearnedOptimizer(opt), loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    losses = model.fit(x, y, epochs=4, batch_size=32, verbose=0).history["loss"]
+    assert np.all(np.isfinite(losses)) and losses[-1] < 0.9 * losses[0]
+
+
+def test_a_guard_wraps_the_learned_optimizer():
+    from l2o_tf import guards  # pylint: disable=import-outside-toplevel
+
+    rng = np.random.default_rng(3)
+    data = (rng.uniform(size=(64, 28, 28, 1)).astype(np.float32), rng.integers(0, 10, size=64).astype(np.int32))
+    problem = problems.get("mnist", "test", dataset=data)
+    opt = hierarchical_rnn.HierarchicalRNN(seed=3, init_lr_range=(1e-2, 1e-2))
+    guarded, view = guards.guard_problem(problem, opt, 3, "lgl2o", guard_optimizer="sgd", guard_learning_rate=0.5)
+    generator = tf.random.Generator.from_seed(3)
+    params = problem.init_params(generator)
+    state, learned_state = guarded.initial_state(params), opt.initial_state(params)
+    for _ in range(2):
+        loss, gradients = meta.loss_and_gradient(view, params, (), [1.0] * len(params), generator)
+        deltas, state = guarded.step(gradients, state, loss)
+        learned, learned_state = opt.step(gradients, learned_state)
+        sgd = [-0.5 * g for g in gradients]
+        chosen = learned if float(guarded.record(state)) > 0.5 else sgd  # whichever candidate LGL2O took
+        for d, c in zip(deltas, chosen):
+            np.testing.assert_allclose(d, c, rtol=1e-6, atol=1e-9)
+        params = meta.add(params, deltas)
