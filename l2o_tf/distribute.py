@@ -96,6 +96,13 @@ def is_parallel(strategy, count):
     return count > 1 or not _is_default(strategy)
 
 
+def check_made_in_scope(strategy, cell):
+    """A clear error for a learned optimizer built outside `strategy.scope()` (its weights cannot be mirrored)."""
+    if not all(strategy.extended.variable_created_in_scope(getattr(v, "value", v)) for v in cell.weights):
+        raise errors.UsageError("the learned optimizer's weights were made outside the strategy's scope; build the "
+                                "cell under `strategy.scope()`")
+
+
 def optimizee_generators(strategy, count, names, generator):
     """{name: [generator(name), generator(f"{name}/1"), ..., generator(f"{name}/{count - 1}")]}: optimizee k's
     streams, each made on the device of the replica that runs optimizee k (the optimizees of other workers' on the

@@ -74,6 +74,7 @@ class MetaTraining:
             self.cell = cell or networks.for_problem(config.net, problem.name, seed=self.seed, **config.cell)
             if not self.cell.built:
                 self.cell.build()
+            distribute.check_made_in_scope(self.strategy, self.cell)
             self._build_trainers()
         self.curriculum = curriculum.Curriculum(config.schedule, config.min_num_eval, enabled=config.if_cl)
         self.epoch = 0
