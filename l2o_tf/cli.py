@@ -49,7 +49,48 @@ def define_evaluation_flags(rnnprop=False):
     if rnnprop:
         flags.DEFINE_float("beta1", 0.95, "RNNprop input feature beta1.")
         flags.DEFINE_float("beta2", 0.95, "RNNprop input feature beta2.")
+    flags.DEFINE_string("guard", None, "lgl2o or gl2o: guard the optimizer with --guard_optimizer (l2o_tf.guards); "
+                        "the .npz then also records, per step, whether the learned step was taken.")
+    flags.DEFINE_string("guard_optimizer", "SGD", f"The guard's optimizer: one of {', '.join(BASELINES)}.")
+    flags.DEFINE_string("guard_learning_rate", None, "The guard optimizer's learning rate: a number, or "
+                        "tuned:<json written by python -m l2o_tf.tune_baselines>.")
+    flags.DEFINE_integer("guard_every", 1, "Decide every this many steps; the choice is kept in between.")
+    flags.DEFINE_string("guard_batch", "fresh", "Compare the candidates on a fresh minibatch or the step's own.")
+    flags.DEFINE_string("guard_mu_update", "ema", "GL2O's mu update: ema, geometric, recent or max.")
     define_data_flags()
+
+
+def guard_options():
+    """The --guard flags as keyword arguments of `guards.guard_problem`, checked without TensorFlow; None without
+    --guard."""
+    if FLAGS.guard is None:
+        return None
+    guard = FLAGS.guard.lower()
+    names = {name.lower(): name for name in BASELINES}
+    checks = {"guard": (guard, ("lgl2o", "gl2o")), "guard_batch": (FLAGS.guard_batch, ("fresh", "own")),
+              "guard_mu_update": (FLAGS.guard_mu_update, ("ema", "geometric", "recent", "max")),
+              "guard_optimizer": (FLAGS.guard_optimizer.lower(), tuple(names))}
+    for flag, (value, allowed) in checks.items():
+        if value not in allowed:
+            raise UsageError(f"unknown --{flag}={value!r}: expected one of {', '.join(allowed)}")
+    positive("guard_every", FLAGS.guard_every)
+    optimizer, rate = names[FLAGS.guard_optimizer.lower()], FLAGS.guard_learning_rate
+    if rate is None:
+        raise UsageError("--guard needs --guard_learning_rate: a number, or tuned:<json of tune_baselines>")
+    if rate.startswith("tuned:"):
+        from l2o_tf import tune_baselines  # pylint: disable=import-outside-toplevel  (it imports this module)
+        rate = tune_baselines.tuned_learning_rate(rate[len("tuned:"):], optimizer, FLAGS.problem)
+    else:
+        try:
+            rate = float(rate)
+        except ValueError:
+            raise UsageError(f"--guard_learning_rate must be a number or tuned:<json>, got {rate!r}") from None
+    options = {"guard": guard, "guard_optimizer": optimizer.lower(),
+               "guard_learning_rate": positive("guard_learning_rate", rate), "every": FLAGS.guard_every,
+               "batch": FLAGS.guard_batch}
+    if guard == "gl2o":
+        options["mu_update"] = FLAGS.guard_mu_update
+    return options
 
 
 def define_training_flags(evaluation_period, mt_ratios, rnnprop=False):
@@ -152,6 +193,7 @@ def check_evaluation_flags(net):
     optimizer = evaluation_optimizer()
     positive("num_steps", FLAGS.num_steps)
     positive("num_epochs", FLAGS.num_epochs)
+    guard_options()
     if optimizer != "L2L":
         positive("learning_rate", FLAGS.learning_rate)
         return

@@ -42,9 +42,10 @@ def update_rule(optimizer, path, learning_rate, expected_cell, **cell_overrides)
     return optimizers.get(optimizer, cli.positive("learning_rate", learning_rate))
 
 
-def evaluate(problem, rule, num_steps, num_epochs, seed, on_progress=None):
-    """Per-step losses (float32, num_epochs * num_steps) of `rule` on `problem`, one trajectory throughout."""
-    runner = meta.Runner(problem, rule, seeding.generator(seed))
+def evaluate(problem, rule, num_steps, num_epochs, seed, on_progress=None, records=None):
+    """Per-step losses (float32, num_epochs * num_steps) of `rule` on `problem`, one trajectory throughout;
+    `records`, a list, receives the rule's per-step record (a guard's choice: 1 learned, 0 guard optimizer)."""
+    runner = meta.Runner(problem, rule, seeding.generator(seed), records=records)
     trajectory = runner.new_trajectory()
     records = []
     for epoch in range(num_epochs):
@@ -63,6 +64,12 @@ def main(net):
     rule = update_rule(optimizer, FLAGS.path, FLAGS.learning_rate, networks.NETS[net], **overrides)
     data = cli.check_problem_and_data(mode="test")
     problem = cli.make_problem(mode="test")
+    guard, choices = cli.guard_options(), []
+    if guard:
+        from l2o_tf import guards
+        rule, problem = guards.guard_problem(problem, rule, seed, **guard)
+        logging.info("guarded by %s with %s at %g: %s", guard["guard"], guard["guard_optimizer"],
+                     guard["guard_learning_rate"], rule.cost())
     logging.info("evaluating %s on %s (%d parameters) for %d x %d steps", optimizer, problem.name,
                  problem.num_params, FLAGS.num_epochs, FLAGS.num_steps)
     start = time.time()
@@ -76,7 +83,7 @@ def main(net):
                      done, FLAGS.num_steps, losses[-1], min(done, PROGRESS_EVERY), losses[-PROGRESS_EVERY:].mean(),
                      rate, format_duration((total_steps - steps) / max(rate, 1e-9)))
 
-    losses = evaluate(problem, rule, FLAGS.num_steps, FLAGS.num_epochs, seed, progress)
+    losses = evaluate(problem, rule, FLAGS.num_steps, FLAGS.num_epochs, seed, progress, choices if guard else None)
     elapsed = time.time() - start
     if not np.all(np.isfinite(losses)):
         logging.warning("the loss became non-finite at step %d", int(np.argmin(np.isfinite(losses))))
@@ -85,13 +92,21 @@ def main(net):
     print(f"Log Mean Final Error: {np.log10(losses.mean()):.2f}   (log10 of the mean loss; ln(mean loss): "
           f"{np.log(losses.mean()):.2f})")
     print(f"Mean epoch time: {elapsed / FLAGS.num_epochs:.2f} s")
+    if guard:
+        cost = rule.cost()
+        print(f"Guard {guard['guard']}: learned step taken at {np.mean(choices):.1%} of the steps; cost "
+              f"{cost['extra_loss_evaluations_per_step']:g} extra loss and {cost['extra_gradient_evaluations_per_step']:g} "
+              f"extra gradient evaluations per step, {1000 * elapsed / len(losses):.2f} ms per step")
     record = os.path.join(FLAGS.output_path, f"{optimizer}_eval_loss_record.pickle-{problem.name}")
     fileio.atomic_save_pickle(record, [float(v) for v in losses])
     run_flags = {name: FLAGS[name].value for name in ("problem", "path", "num_epochs", "num_steps", "learning_rate",
                                                       "data_dir", *overrides)}
     run_flags.update(optimizer=optimizer, seed=seed, data_source=data.source if data else None,
                      embedded_sample=bool(data and data.is_sample))
-    fileio.atomic_save_npz(record + ".npz", losses=losses, flags=json.dumps(run_flags))
+    if guard:
+        run_flags.update(guard)
+    extra = {"learned_step": np.asarray(choices, np.float32)} if guard else {}
+    fileio.atomic_save_npz(record + ".npz", losses=losses, flags=json.dumps(run_flags), **extra)
     print(f"Loss record: {record} (and .npz)")
 
 

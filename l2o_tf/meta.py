@@ -153,8 +153,11 @@ class Runner:
     faster on the MNIST MLP) but its CPU convolutions are 2-30x slower than TF's (bench/README.md).
     """
 
-    def __init__(self, problem, rule, rng):
+    def __init__(self, problem, rule, rng, records=None):
+        """`records`, a list, receives `rule.record(state)` after every step, for a rule that defines `record`
+        (a guard: which optimizer took the step)."""
         self.problem, self.rule, self.rng = problem, rule, rng
+        self.records = records if hasattr(rule, "record") else None
         jit = not problem.is_convolutional
         self._run = tf.function(self._loop, jit_compile=jit, reduce_retracing=True)
         self._final = tf.function(self._final_loss_loop, jit_compile=jit, reduce_retracing=True)
@@ -168,9 +171,11 @@ class Runner:
         pieces, done = [], 0
         while done < num_steps:
             size = min(chunk, num_steps - done)
-            params, state, losses = self._run(trajectory, tf.constant(size))
+            params, state, losses, records = self._run(trajectory, tf.constant(size))
             trajectory = trajectory._replace(params=params, state=state)
             pieces.append(losses.numpy())
+            if self.records is not None:
+                self.records.extend(records.numpy().tolist())
             done += size
             if callback is not None:
                 callback(done, np.concatenate(pieces))
@@ -189,10 +194,13 @@ class Runner:
         params, state, constants, scale = trajectory
         params = list(params)
         losses = tf.TensorArray(tf.float32, size=num_steps)
+        records = tf.TensorArray(tf.float32, size=num_steps if self.records is not None else 0, element_shape=[])
         for i in tf.range(num_steps):
             params, state = self._step(params, state, constants, scale)
             losses = losses.write(i, self.problem.loss(scaled(params, scale), constants, self.rng))
-        return params, state, losses.stack()
+            if self.records is not None:
+                records = records.write(i, tf.cast(self.rule.record(state), tf.float32))
+        return params, state, losses.stack(), records.stack()
 
     def _final_loss_loop(self, trajectory, num_steps):
         params, state, constants, scale = trajectory

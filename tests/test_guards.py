@@ -1,4 +1,8 @@
 """LGL2O and GL2O: exact checks on problems where the right choice is known, against numpy re-computations."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -212,3 +216,59 @@ def test_guarded_run_in_the_compiled_runner_records_choices_and_stays_in_sync():
     sgd = meta.Runner(problem, optimizers.SGD(0.01), tf.random.Generator.from_seed(0))
     _, sgd_losses = sgd.run(sgd.new_trajectory(), 12)
     assert losses[-1] <= sgd_losses[-1]
+
+
+def test_runner_records_every_choice():
+    # the quadratic case above: learned (a tie with SGD) for 5 steps, then the guard's step
+    problem = problems.get("quadratic")
+    rule, view = guards.guard_problem(problem, FactorRule([0.01] * 5 + [50.0]), seed=0, guard="lgl2o",
+                                      guard_optimizer="sgd", guard_learning_rate=0.01)
+    records = []
+    runner = meta.Runner(view, rule, tf.random.Generator.from_seed(0), records=records)
+    trajectory = runner.new_trajectory()
+    runner.run(trajectory, 7, chunk=3)
+    assert records == [1.0] * 5 + [0.0] * 2
+    plain = []
+    meta.Runner(problem, optimizers.SGD(0.1), tf.random.Generator.from_seed(0), records=plain)
+    assert plain == []
+
+
+def run_evaluate(*flags):
+    env = {**os.environ, "TFDS_DATA_DIR": os.devnull}
+    env.pop("L2O_DATA_DIR", None)
+    result = subprocess.run([sys.executable, "-m", "l2o_tf.evaluate_dm", *flags], capture_output=True, text=True,
+                            timeout=300, env=env)
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_evaluate_with_a_guard_records_the_choices_and_equals_the_library_run(tmp_path):
+    from l2o_tf import datasets, evaluate, models
+    code, output = run_evaluate(f"--path={models.shipped_path('dm')}", "--problem=mnist", "--num_steps=40",
+                                "--seed=5", f"--output_path={tmp_path}", "--guard=lgl2o", "--guard_learning_rate=1",
+                                "--guard_batch=own")
+    assert code == 0, output
+    assert "Guard lgl2o: learned step taken at" in output and "2 extra loss" in output
+    with np.load(tmp_path / "L2L_eval_loss_record.pickle-mnist.npz") as data:
+        losses, choices = data["losses"], data["learned_step"]
+    sample = datasets.embedded_sample("test")
+    problem = problems.get("mnist", mode="test", dataset=(sample.images, sample.labels))
+    rule, view = guards.guard_problem(problem, models.load("dm"), 5, "lgl2o", batch="own", guard_optimizer="sgd",
+                                      guard_learning_rate=1.0)
+    want_choices = []
+    want = evaluate.evaluate(view, rule, 40, 1, 5, records=want_choices)
+    np.testing.assert_array_equal(losses, want)
+    np.testing.assert_array_equal(choices, want_choices)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--guard=safe", "--guard_learning_rate=1"], "unknown --guard='safe'"),
+    (["--guard=lgl2o"], "--guard needs --guard_learning_rate"),
+    (["--guard=lgl2o", "--guard_learning_rate=fast"], "--guard_learning_rate must be a number"),
+    (["--guard=gl2o", "--guard_learning_rate=1", "--guard_mu_update=median"], "unknown --guard_mu_update"),
+    (["--guard=lgl2o", "--guard_learning_rate=tuned:/no/such.json"], "no such tuned-rates file"),
+])
+def test_bad_guard_flags_are_one_line_errors(flags, message):
+    from l2o_tf import models
+    code, output = run_evaluate(f"--path={models.shipped_path('dm')}", *flags)
+    lines = [line for line in output.strip().splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and message in lines[0], output
