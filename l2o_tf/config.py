@@ -12,6 +12,7 @@ from l2o_tf import errors
 # The hand-designed rules by lower-case name (l2o_tf.optimizers.RULES, which imports TensorFlow, has the same keys).
 BASELINE_NAMES = ("adagrad", "adam", "nag", "rmsprop", "sgd")
 DM_MT_RATIOS = (0.0, 0.1, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3)  # the original train_dm.py default
+STRATEGIES = ("default", "mirrored", "multi_worker")  # l2o_tf.distribute.strategy_named
 RESUME_MUST_MATCH = ("net", "problem", "if_cl", "if_mt", "num_steps_schedule", "unroll_length", "num_steps")
 
 
@@ -44,6 +45,9 @@ class TrainConfig:
     seed: int | None = None
     checkpoint_secs: float = 60.0
     tensorboard_dir: str | None = None
+    strategy: str = "default"             # l2o_tf.distribute: one device, all local GPUs, or a $TF_CONFIG cluster
+    num_optimizees: int | None = None     # per meta-step, over all replicas (their meta-gradients averaged); None: 1
+                                          # per replica
     cell: dict = dataclasses.field(default_factory=dict)  # the cell's config overrides, e.g. RNNprop's beta1
 
     @property
@@ -72,6 +76,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise errors.UsageError(f"--{name} must be a positive integer, got {value!r}")
+        if self.strategy not in STRATEGIES:
+            raise errors.UsageError(f"unknown --strategy={self.strategy!r}: expected one of {', '.join(STRATEGIES)}")
+        if self.num_optimizees is not None and (not isinstance(self.num_optimizees, int) or self.num_optimizees <= 0):
+            raise errors.UsageError(f"--num_optimizees must be a positive integer, got {self.num_optimizees!r}")
         for name in ("learning_rate", "rd_scale_bound", "checkpoint_secs"):
             if not getattr(self, name) > 0:
                 raise errors.UsageError(f"--{name} must be positive, got {getattr(self, name)!r}")

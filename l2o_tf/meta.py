@@ -67,6 +67,12 @@ def meta_optimizer(cell, learning_rate):
     return cell.trainable_variables, optimizer
 
 
+def meta_gradients(tape, objective, variables):
+    """d objective / d variables, with zeros for weights the unroll does not reach (L2O-Scale's initial-state
+    vectors, used before the tape); explicit zeros, as Keras variables break UnconnectedGradients.ZERO."""
+    return [tf.zeros(v.shape) if g is None else g for g, v in zip(tape.gradient(objective, variables), variables)]
+
+
 def loss_and_gradient(problem, params, constants, scale, rng):
     """f(scale * params) on a fresh minibatch, and its gradients with respect to params (a list)."""
     with tf.GradientTape() as tape:
@@ -107,10 +113,11 @@ class Trainer:
             meta_loss, _, _, _, objective = self._forward(trajectory, tape)
         return meta_loss, tape.gradient(objective, self.variables)
 
-    def _forward(self, trajectory, tape):
+    def _forward(self, trajectory, tape, rng=None, rule=None):
         """The unroll: (meta_loss, final loss, params_T, state_T, the objective whose tape gradient is the
-        meta-gradient)."""
-        problem, rng = self.problem, self.rng
+        meta-gradient). `rng` and `rule` replace the trainer's own (another optimizee's, `l2o_tf.distribute`)."""
+        problem = self.problem
+        rng, rule = self.rng if rng is None else rng, self.rule if rule is None else rule
         params, state, constants, scale = trajectory
         params = list(params)
         losses, surrogate = [], 0.0
@@ -124,7 +131,7 @@ class Trainer:
                 surrogate += tf.add_n([tf.reduce_sum(g * p) for g, p in zip(gradients, params)])
             losses.append(loss)
             if len(losses) <= self.unroll_length:
-                deltas, state = self.rule.step(gradients, state, loss)
+                deltas, state = rule.step(gradients, state, loss)
                 params = add(params, deltas)
         meta_loss = tf.add_n(losses)
         return meta_loss, losses[-1], params, state, meta_loss if self.second_derivatives else surrogate
@@ -132,9 +139,7 @@ class Trainer:
     def _unroll(self, trajectory):
         with tf.GradientTape() as tape:
             meta_loss, final_loss, params, state, objective = self._forward(trajectory, tape)
-        # zeros for weights the unroll does not reach (L2O-Scale's initial-state vectors, used before the tape)
-        gradients = [tf.zeros(v.shape) if g is None else g
-                     for g, v in zip(tape.gradient(objective, self.variables), self.variables)]
+        gradients = meta_gradients(tape, objective, self.variables)
         applied = apply_if_finite(self.optimizer, gradients, self.variables, meta_loss)
         return params, state, meta_loss, final_loss, applied
 

@@ -9,8 +9,10 @@ cli.define_training_flags(evaluation_period=10, mt_ratios="0.3 0.3 0.3", rnnprop
 
 
 def main():
-    from l2o_tf import training  # TensorFlow loads here, after the flags and the data were checked
-    training.train(cli.training_config("rnnprop"), cli.make_problem(mode="train"))
+    from l2o_tf import distribute, training  # TensorFlow loads here, after the flags and the data were checked
+    config = cli.training_config("rnnprop")
+    distribute.strategy_named(config.strategy)  # before any TensorFlow op: a cluster's must exist first
+    training.train(config, cli.make_problem(mode="train"))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from tensorflow.core.framework import summary_pb2
 
 from l2o_tf import cli
 from l2o_tf import curriculum
+from l2o_tf import distribute
 from l2o_tf import errors
 from l2o_tf import fileio
 from l2o_tf import imitation
@@ -58,14 +59,24 @@ def component_generator(seed, name):
 class MetaTraining:
     """One training run: the trainers, the schedule and the counters, with checkpoint save and restore."""
 
-    def __init__(self, config, problem, cell=None):
+    def __init__(self, config, problem, cell=None, strategy=None):
         self.config, self.problem = config.validate(), problem
         self.seed = _seed_or_fresh(config.seed)
+        # `strategy`: a tf.distribute.Strategy instead of --strategy's; a given `cell` must be built under its scope.
+        # A config without these fields (L2O-Scale's, for now) runs one optimizee on one device.
+        self.strategy = strategy or distribute.strategy_named(getattr(config, "strategy", "default"))
+        self.chief = distribute.is_chief(self.strategy)
+        self.num_optimizees = distribute.resolve_count(self.strategy, getattr(config, "num_optimizees", None))
         self.rngs = {name: component_generator(self.seed, name) for name in RANDOM_COMPONENTS}
-        self.cell = cell or networks.for_problem(config.net, problem.name, seed=self.seed, **config.cell)
-        if not self.cell.built:
-            self.cell.build()
-        self._build_trainers()
+        self.optimizee_rngs = distribute.optimizee_generators(  # optimizee k > 0: "train/k" and "mixture/k"
+            self.strategy, self.num_optimizees, ("train", "mixture"), lambda name: component_generator(self.seed, name))
+        self.rngs.update({name: generators[0] for name, generators in self.optimizee_rngs.items()})
+        with self.strategy.scope():
+            self.cell = cell or networks.for_problem(config.net, problem.name, seed=self.seed, **config.cell)
+            if not self.cell.built:
+                self.cell.build()
+            distribute.check_made_in_scope(self.strategy, self.cell)
+            self._build_trainers()
         self.curriculum = curriculum.Curriculum(config.schedule, config.min_num_eval, enabled=config.if_cl)
         self.epoch = 0
         self.training_epochs = 0  # epochs that trained on the meta-loss (the self-improving decay counts these)
@@ -73,13 +84,14 @@ class MetaTraining:
         self.finished = False  # the curriculum ended the run: running the command again does nothing
         self.history = []
         self._progress = tf.Variable("", dtype=tf.string, trainable=False)
-        self._checkpoint = tf.train.Checkpoint(**self._checkpointed(), rngs=self.rngs, progress=self._progress)
+        self._checkpoint = tf.train.Checkpoint(**self._checkpointed(), rngs=self.rngs, progress=self._progress,
+                                               **distribute.checkpointed_generators(self.optimizee_rngs))
         self._manager = None
         if config.save_path:
             self._manager = tf.train.CheckpointManager(
                 self._checkpoint, os.path.join(config.save_path, CHECKPOINT_DIR), max_to_keep=2)
         self._summaries = (tf.summary.create_file_writer(config.tensorboard_dir)
-                           if config.tensorboard_dir else None)
+                           if config.tensorboard_dir and self.chief else None)
         self.resumed = self._restore()
         if not self.resumed:
             self.history.append({"epoch": 0, "kind": "start", "problem": problem.name, "seed": self.seed,
@@ -94,6 +106,10 @@ class MetaTraining:
             self.mixture = self_improving.MixtureRule(self.cell, auxiliaries, self.rngs["mixture"])
         self.trainer = meta.Trainer(problem, self.cell, self.rngs["train"], config.learning_rate,
                                     config.unroll_length, config.second_derivatives, rule=self.mixture)
+        if distribute.is_parallel(self.strategy, self.num_optimizees):
+            self.trainer = distribute.ParallelTrainer(self.strategy, self.trainer, self.optimizee_rngs["train"],
+                                                      distribute.with_rngs(self.trainer.rule,
+                                                                           self.optimizee_rngs["mixture"]))
         self.validator = meta.Runner(problem, self.cell, self.rngs["validation"])
         self.teachers, self.imitators = [], []
         if config.if_mt:
@@ -193,10 +209,10 @@ class MetaTraining:
                     self.evaluate()
                     self.checkpoint()
                     last_checkpoint = time.time()
-                elif time.time() - last_checkpoint > config.checkpoint_secs:
+                elif distribute.agree(self.strategy, time.time() - last_checkpoint > config.checkpoint_secs):
                     self.checkpoint()
                     last_checkpoint = time.time()
-                if interrupt.requested:
+                if distribute.agree(self.strategy, interrupt.requested):
                     self.checkpoint()
                     raise errors.Interrupted(self._resume_message("interrupted"))
         self.checkpoint()
@@ -206,7 +222,7 @@ class MetaTraining:
         """Validate, let the curriculum decide, and act on it (save, advance with restore, or stop)."""
         config, cl = self.config, self.curriculum
         steps = cl.valid_steps
-        cost = self.validate(steps)
+        cost = distribute.from_chief(self.strategy, self.validate(steps))
         decision = cl.observe(cost)
         logging.info("epoch %d: validation at %d steps %.4f (mean final loss), best %.4f -> %s", self.epoch, steps,
                      cost / config.evaluation_epochs, cl.best / config.evaluation_epochs, decision)
@@ -217,7 +233,7 @@ class MetaTraining:
             self.save_model(cl.stage if config.if_cl else self.epoch)
         elif decision == curriculum.ADVANCE:
             self.restore_model(cl.stage - 1)
-            baseline = self.validate(cl.valid_steps)
+            baseline = distribute.from_chief(self.strategy, self.validate(cl.valid_steps))
             cl.start_stage(baseline)
             self.history.append({"epoch": self.epoch, "kind": "stage", "stage": cl.stage, "baseline": baseline,
                                  "train_steps": cl.train_steps, "valid_steps": cl.valid_steps})
@@ -238,7 +254,7 @@ class MetaTraining:
 
     def save_model(self, index):
         """`<key>.l2l-<index>` and `<key>.l2l-0` (the best so far), with a sidecar saying how it was trained."""
-        if self.config.save_path:
+        if self.config.save_path and self.chief:
             metadata = {"trained_on": self.problem.name, "data_source": data_source(self.problem),
                         "epoch": self.epoch, "seed": self.seed}
             for i in {index, 0}:
@@ -252,6 +268,10 @@ class MetaTraining:
         """Save everything needed to continue (atomic: the manager commits a checkpoint only once it is whole)."""
         if self._manager is None:
             return
+        for generators in self.optimizee_rngs.values():
+            distribute.gather_generators(self.strategy, generators)
+        if not self.chief:  # one writer: the chief (every worker reads the checkpoint to resume)
+            return
         self._progress.assign(json.dumps(self._progress_state()))
         self._manager.save()
         fileio.atomic_write_bytes(os.path.join(self.config.save_path, HISTORY), json.dumps(self.history).encode())
@@ -261,7 +281,7 @@ class MetaTraining:
                 "curriculum": self.curriculum.state_dict(), "history": self.history,
                 "imitation_task": self.imitation_task, "skipped_updates": self.skipped_updates,
                 "finished": self.finished, "seed": self.seed, "config": self.config.as_dict(),
-                "data_source": data_source(self.problem)}
+                "data_source": data_source(self.problem), "num_optimizees": self.num_optimizees}
 
     def _restore(self):
         """Continue from the save path's latest checkpoint, if any; refuses one written by a different run."""
@@ -280,6 +300,10 @@ class MetaTraining:
             raise errors.UsageError(f"{self.config.save_path} holds a run with other settings: " + ", ".join(
                 f"--{k}={old!r} there, {new!r} now" for k, (new, old) in mismatched.items())
                 + "; use another --save_path")
+        if state.get("num_optimizees", 1) != self.num_optimizees:
+            raise errors.UsageError(f"{self.config.save_path} holds a run with {state.get('num_optimizees', 1)} "
+                                    f"optimizees per meta-step, {self.num_optimizees} now (--num_optimizees, "
+                                    "--strategy); use those or another --save_path")
         try:
             self._checkpoint.read(path).assert_existing_objects_matched()
         except (tf.errors.OpError, AssertionError, ValueError) as e:
@@ -387,6 +411,6 @@ def train(config, problem):
                      problem.num_params, run.seed, "curriculum " + " ".join(map(str, config.num_steps_schedule))
                      if config.if_cl else f"{config.num_steps} steps per epoch")
     run.run()
-    if config.save_path:
+    if config.save_path and run.chief:
         print(f"Best optimizer: {run.best_model_path()}")
     return run
