@@ -18,5 +18,5 @@ setuptools.setup(
         "absl-py",
         "numpy",
     ],
-    extras_require={"test": ["pytest"], "plot": ["matplotlib"]},
+    extras_require={"test": ["pytest", "matplotlib"], "plot": ["matplotlib"]},  # the plot tests draw figures
 )
