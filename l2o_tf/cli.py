@@ -14,6 +14,7 @@ import tempfile
 from absl import app
 from absl import flags
 from absl import logging
+from absl.logging import converter
 
 from l2o_tf import config
 from l2o_tf import curriculum
@@ -329,14 +330,22 @@ _TF_NOISE = re.compile(r"All log messages before absl::InitializeLog|oneDNN cust
 
 
 def import_tensorflow(quiet=True):
-    """Import TensorFlow; `quiet` (the default, unless --verbosity is given) drops its start-up noise and sets
-    TF_CPP_MIN_LOG_LEVEL=3 unless the environment sets it. Any other line it prints while importing is kept."""
+    """Import TensorFlow; `quiet` (the default, unless --verbosity is given) drops its start-up noise, sets
+    TF_CPP_MIN_LOG_LEVEL=3 unless the environment sets it, and keeps TensorFlow's own Python INFO lines (such as
+    the checkpoint saver's "Sharding callback duration") out of the log. Any other line it prints is kept."""
+    if quiet:
+        logging.get_absl_logger().addFilter(_no_tensorflow_info)
     if "tensorflow" in sys.modules or not quiet:
         import tensorflow  # pylint: disable=import-outside-toplevel,unused-import
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     with filtered_stderr():
         import tensorflow  # pylint: disable=import-outside-toplevel,unused-import,redefined-outer-name
+
+
+def _no_tensorflow_info(record):
+    """Drop INFO (and DEBUG) lines that TensorFlow's own Python code logs through absl; keep warnings and ours."""
+    return record.levelno >= converter.STANDARD_WARNING or f"{os.sep}tensorflow{os.sep}" not in record.pathname
 
 
 @contextlib.contextmanager

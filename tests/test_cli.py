@@ -404,3 +404,18 @@ def test_importing_the_package_and_cli_loads_no_tensorflow():
             "print('tensorflow' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_tensorflow_info_lines_are_dropped_but_its_warnings_and_ours_kept():
+    import logging as python_logging
+
+    from l2o_tf import cli
+
+    def record(level, path):
+        return python_logging.LogRecord("absl", level, path, 1, "message", (), None)
+
+    saver = os.path.join(os.sep, "site-packages", "tensorflow", "python", "checkpoint", "functional_saver.py")
+    ours = os.path.join(os.sep, "work", "l2o_tf", "training.py")
+    assert not cli._no_tensorflow_info(record(python_logging.INFO, saver))
+    assert cli._no_tensorflow_info(record(python_logging.WARNING, saver))
+    assert cli._no_tensorflow_info(record(python_logging.INFO, ours))
