@@ -51,11 +51,6 @@ class TrainingDiverged(errors.L2OError):
     """Every meta-update of many epochs in a row was non-finite."""
 
 
-def component_generator(seed, name):
-    """The random generator of one component: a function of (seed, name) alone."""
-    return seeding.generator(seed, name)
-
-
 class MetaTraining:
     """One training run: the trainers, the schedule and the counters, with checkpoint save and restore."""
 
@@ -67,9 +62,9 @@ class MetaTraining:
         self.strategy = strategy or distribute.strategy_named(getattr(config, "strategy", "default"))
         self.chief = distribute.is_chief(self.strategy)
         self.num_optimizees = distribute.resolve_count(self.strategy, getattr(config, "num_optimizees", None))
-        self.rngs = {name: component_generator(self.seed, name) for name in RANDOM_COMPONENTS}
+        self.rngs = {name: seeding.generator(self.seed, name) for name in RANDOM_COMPONENTS}
         self.optimizee_rngs = distribute.optimizee_generators(  # optimizee k > 0: "train/k" and "mixture/k"
-            self.strategy, self.num_optimizees, ("train", "mixture"), lambda name: component_generator(self.seed, name))
+            self.strategy, self.num_optimizees, ("train", "mixture"), lambda name: seeding.generator(self.seed, name))
         self.rngs.update({name: generators[0] for name, generators in self.optimizee_rngs.items()})
         with self.strategy.scope():
             self.cell = cell or networks.for_problem(config.net, problem.name, seed=self.seed, **config.cell)

@@ -1,5 +1,8 @@
-"""Shared test set-up: quiet TF, and the one way a test reaches the optional ../shared reference files."""
+"""Shared test set-up: quiet TF, the one way a test reaches the optional ../shared reference files, small
+optimizees on made-up data, and entry points run as a user runs them."""
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -21,3 +24,64 @@ def require_shared(*parts):
             pytest.fail(f"{message} (and ${REQUIRE_SHARED_VAR}=1)", pytrace=False)
         pytest.skip(message)
     return path
+
+
+# -- optimizees on made-up data (TensorFlow is imported only when a test asks for one) --------------------------
+
+def mnist_on_random_images(count, seed):
+    """The mnist problem (sigmoid MLP, 15,910 parameters) on `count` uniform random images and labels."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    from l2o_tf import problems  # pylint: disable=import-outside-toplevel
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0, 1, size=[count, 28, 28, 1]).astype(np.float32)
+    labels = rng.integers(0, 10, size=count).astype(np.int32)
+    return problems.get("mnist", dataset=(images, labels))
+
+
+@pytest.fixture(scope="session")
+def quadratic():
+    from l2o_tf import problems  # pylint: disable=import-outside-toplevel
+    return problems.get("quadratic")
+
+
+@pytest.fixture(scope="session")
+def tiny_mnist():
+    """mnist on 64 random images: a nonzero Hessian, and every loss draws its minibatch from the generator."""
+    return mnist_on_random_images(64, seed=0)
+
+
+# -- entry points run as a user runs them ---------------------------------------------------------------------
+
+@pytest.fixture
+def new_user_env(tmp_path):
+    """No data location given (so MNIST problems use the embedded sample), no prepared TFDS data, TF's own log
+    settings left to the entry point."""
+    empty = tmp_path / "no_tfds"
+    empty.mkdir()
+    environment = {**os.environ, "TFDS_DATA_DIR": str(empty), "PYTHONUNBUFFERED": "1"}
+    for name in ("L2O_DATA_DIR", "TF_CPP_MIN_LOG_LEVEL"):
+        environment.pop(name, None)
+    return environment
+
+
+# Runs an entry point in-process and reports, after it exits, whether TensorFlow was ever imported.
+_WITHOUT_TENSORFLOW = """
+import runpy, sys
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+    code = 0
+except SystemExit as e:
+    code = e.code
+print("tensorflow imported:", "tensorflow" in sys.modules)
+sys.exit(code)
+"""
+
+
+def run_module(module, env, *flags, timeout=300, report_tensorflow=False):
+    """`python -m module flags...`: (exit status, stdout + stderr). With `report_tensorflow` the output ends with
+    whether TensorFlow was imported (for the checks that must fail before it loads)."""
+    command = [sys.executable, "-c", _WITHOUT_TENSORFLOW, module] if report_tensorflow else [sys.executable, "-m",
+                                                                                            module]
+    result = subprocess.run(command + list(flags), env=env, capture_output=True, text=True, timeout=timeout)
+    return result.returncode, result.stdout + result.stderr

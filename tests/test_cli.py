@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 import l2o_tf
-from conftest import require_shared
+from conftest import require_shared, run_module
 from l2o_tf import cli
 from l2o_tf import networks
 from l2o_tf import optimizers
@@ -23,45 +23,20 @@ TF_NOISE = ("oneDNN custom operations", "Could not find cuda drivers", "failed c
 
 
 @pytest.fixture
-def env(tmp_path):
-    """No data location given (so MNIST problems use the embedded sample), no prepared TFDS data, TF's own
-    log settings left to the entry point, as for a new user."""
-    empty = tmp_path / "no_tfds"
-    empty.mkdir()
-    environment = {**os.environ, "TFDS_DATA_DIR": str(empty), "PYTHONUNBUFFERED": "1"}
-    for name in ("L2O_DATA_DIR", "TF_CPP_MIN_LOG_LEVEL"):
-        environment.pop(name, None)
-    return environment
+def env(new_user_env):
+    return new_user_env
 
 
 def run(module, env, *flags, timeout=300):
-    result = subprocess.run([sys.executable, "-m", f"l2o_tf.{module}", *flags], env=env, capture_output=True,
-                            text=True, timeout=timeout)
-    return result.returncode, result.stdout + result.stderr
-
-
-# Runs an entry point in-process and reports, after it exits, whether TensorFlow was ever imported.
-_WITHOUT_TF = """
-import runpy, sys
-sys.argv = sys.argv[1:]
-try:
-    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
-    code = 0
-except SystemExit as e:
-    code = e.code
-print("tensorflow imported:", "tensorflow" in sys.modules)
-sys.exit(code)
-"""
+    return run_module(f"l2o_tf.{module}", env, *flags, timeout=timeout)
 
 
 def run_checked_before_tensorflow(module, env, *flags):
     """Run an entry point that must stop at its fast checks: exit 2, one error line, TensorFlow never imported."""
-    result = subprocess.run([sys.executable, "-c", _WITHOUT_TF, f"l2o_tf.{module}", *flags], env=env,
-                            capture_output=True, text=True, timeout=120)
-    log = result.stdout + result.stderr
-    assert result.returncode == 2, log
+    code, log = run_module(f"l2o_tf.{module}", env, *flags, timeout=120, report_tensorflow=True)
+    assert code == 2, log
     assert "tensorflow imported: False" in log and "Traceback" not in log
-    assert len([line for line in result.stderr.splitlines() if line.startswith("error: ")]) == 1, log
+    assert len([line for line in log.splitlines() if line.startswith("error: ")]) == 1, log
     return log
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import mnist_on_random_images
 from l2o_tf import config as config_lib
 from l2o_tf import distribute
 from l2o_tf import errors
@@ -23,6 +24,7 @@ from l2o_tf import meta
 from l2o_tf import networks
 from l2o_tf import problems
 from l2o_tf import rules
+from l2o_tf import seeding
 from l2o_tf import training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,11 +38,8 @@ def config(**overrides):
 
 
 def tiny_mnist():
-    """mnist (sigmoid MLP) on 64 random images: every loss draws a minibatch from the optimizee's generator."""
-    rng = np.random.default_rng(0)
-    images = rng.uniform(0, 1, size=[64, 28, 28, 1]).astype(np.float32)
-    labels = rng.integers(0, 10, size=64).astype(np.int32)
-    return problems.get("mnist", dataset=(images, labels))
+    """mnist on 64 random images, built in this process (the scenarios also run as child processes)."""
+    return mnist_on_random_images(64, seed=0)
 
 
 def weights(cell):
@@ -56,7 +55,7 @@ def reference_meta_gradients(run, count):
         mine.assign(theirs.numpy())
     results = []
     for k in range(count):
-        rng = training.component_generator(run.seed, "train" if k == 0 else f"train/{k}")
+        rng = seeding.generator(run.seed, "train" if k == 0 else f"train/{k}")
         trainer = meta.Trainer(run.problem, cell, rng, LR, run.config.unroll_length)
         trajectory = trainer.new_trajectory()
         with tf.GradientTape() as tape:
@@ -102,7 +101,7 @@ def test_one_optimizee_on_the_default_strategy_is_the_plain_trainer_exactly():
     results = []
     for parallel in (False, True):
         cell = networks.for_problem("dm", "quadratic", seed=4)
-        trainer = meta.Trainer(problem, cell, training.component_generator(1, "train"), LR, 5)
+        trainer = meta.Trainer(problem, cell, seeding.generator(1, "train"), LR, 5)
         if parallel:
             trainer = distribute.ParallelTrainer(tf.distribute.get_strategy(), trainer, [trainer.rng], [cell])
         trajectory = trainer.new_trajectory()
@@ -296,7 +295,7 @@ def test_two_workers_train_as_one_and_only_the_chief_writes(tmp_path):
     reader = tf.train.load_checkpoint(str(tmp_path / "save0" / "checkpoints"))
     saved = reader.get_tensor("optimizee_rngs/train.S1/_state_var/.ATTRIBUTES/VARIABLE_VALUE")
     expected = one_device.optimizee_rngs["train"][1].state.numpy()
-    assert saved.tolist() == expected.tolist() != training.component_generator(3, "train/1").state.numpy().tolist()
+    assert saved.tolist() == expected.tolist() != seeding.generator(3, "train/1").state.numpy().tolist()
     best = networks.load(str(tmp_path / "save0" / "cw.l2l-0"))
     for mine, theirs in zip(best.weights, one_device.cell.weights):
         np.testing.assert_allclose(mine.numpy(), theirs.numpy(), rtol=1e-4, atol=1e-6)

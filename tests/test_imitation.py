@@ -8,11 +8,6 @@ from l2o_tf import imitation, meta, networks, optimizers, problems, rules
 B = problems.BATCH_SIZE
 
 
-@pytest.fixture(scope="module")
-def quadratic():
-    return problems.get("quadratic")
-
-
 def generator(seed):
     return tf.random.Generator.from_seed(seed)
 

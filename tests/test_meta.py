@@ -8,20 +8,6 @@ from l2o_tf import meta, networks, optimizers, problems, rules
 B = problems.BATCH_SIZE
 
 
-@pytest.fixture(scope="module")
-def quadratic():
-    return problems.get("quadratic")
-
-
-@pytest.fixture(scope="module")
-def tiny_mnist():
-    """mnist (sigmoid MLP, 15910 parameters) on 64 random images: a nonzero Hessian, minibatches from the rng."""
-    rng = np.random.default_rng(0)
-    images = rng.uniform(0, 1, size=[64, 28, 28, 1]).astype(np.float32)
-    labels = rng.integers(0, 10, size=64).astype(np.int32)
-    return problems.get("mnist", dataset=(images, labels))
-
-
 def generator(seed):
     return tf.random.Generator.from_seed(seed)
 

@@ -6,16 +6,7 @@ import tensorflow as tf
 from conformance import check_rule
 from l2o_tf import networks
 from l2o_tf import optimizers
-from l2o_tf import problems
 from l2o_tf import rules
-
-
-@pytest.fixture(scope="module")
-def tiny_mnist():
-    rng = np.random.default_rng(0)
-    images = rng.uniform(0, 1, size=[32, 28, 28, 1]).astype(np.float32)
-    labels = rng.integers(0, 10, size=32).astype(np.int32)
-    return problems.get("mnist", dataset=(images, labels))
 
 
 def mlp_params(problem):

@@ -2,11 +2,13 @@
 import json
 import math
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from l2o_scale import checkpoint, config as scale_config, meta_objective, meta_optimizer, meta_training, plans
+from conftest import mnist_on_random_images
+from l2o_scale import checkpoint, config as scale_config, meta_objective, meta_optimizer, meta_training, plans, unroll
 from l2o_tf import curriculum
 
 
@@ -202,11 +204,6 @@ def test_optimizee_init_is_standard_normal():
 
 # -- §2.1-§2.2, §3.5 the unrolls, on a rule numpy can replay -------------------------------------------------------
 
-import keras  # noqa: E402
-
-from l2o_scale import unroll  # noqa: E402
-from l2o_tf import problems  # noqa: E402
-
 
 class MomentumRule(keras.layers.Layer):
     """delta = -exp(log_lr) m', m' = 0.5 m + g, the momentum starting at the learned `init` in every coordinate."""
@@ -252,10 +249,7 @@ def np_unroll(params, momentum, log_lr, images, labels, subset, batches, f0, log
 
 @pytest.fixture(scope="module")
 def small_mnist():
-    rng = np.random.default_rng(10)
-    images = rng.uniform(0, 1, size=[300, 28, 28, 1]).astype(np.float32)
-    labels = rng.integers(0, 10, size=300).astype(np.int32)
-    return problems.get("mnist", dataset=(images, labels))
+    return mnist_on_random_images(300, seed=10)
 
 
 def small_plan(problem, steps, seed=11):
@@ -373,9 +367,7 @@ def tiny_config(train_dir, **overrides):
 
 @pytest.fixture(scope="module")
 def mnist_600():
-    rng = np.random.default_rng(12)
-    images = rng.uniform(0, 1, size=[600, 28, 28, 1]).astype(np.float32)
-    return problems.get("mnist", dataset=(images, rng.integers(0, 10, size=600).astype(np.int32)))
+    return mnist_on_random_images(600, seed=12)
 
 
 def test_tiny_metarun_with_curriculum_and_imitation_then_resume(mnist_600, tmp_path):

@@ -1,14 +1,12 @@
 """`python -m l2o_scale.metatest` end to end on tiny budgets (embedded MNIST sample), and its test problems."""
 import json
-import os
 import pickle
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import run_module
 from l2o_scale import checkpoint
 from l2o_scale import eval_problems
 from l2o_scale import hierarchical_rnn
@@ -16,35 +14,14 @@ from l2o_tf import datasets
 from l2o_tf import meta
 from l2o_tf import seeding
 
-# Runs the entry point in-process and reports, after it exits, whether TensorFlow was ever imported.
-_WITHOUT_TF = """
-import runpy, sys
-sys.argv = sys.argv[1:]
-try:
-    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
-    code = 0
-except SystemExit as e:
-    code = e.code
-print("tensorflow imported:", "tensorflow" in sys.modules)
-sys.exit(code)
-"""
-
 
 @pytest.fixture
-def env(tmp_path):
-    """No data location (so MNIST is the embedded sample) and no prepared TFDS data, as for a new user."""
-    empty = tmp_path / "no_tfds"
-    empty.mkdir()
-    environment = {**os.environ, "TFDS_DATA_DIR": str(empty), "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    environment.pop("L2O_DATA_DIR", None)
-    return environment
+def env(new_user_env):
+    return new_user_env
 
 
 def metatest(env, *flags, check_only=False):
-    command = ([sys.executable, "-c", _WITHOUT_TF, "l2o_scale.metatest"] if check_only
-               else [sys.executable, "-m", "l2o_scale.metatest"])
-    result = subprocess.run(command + list(flags), env=env, capture_output=True, text=True, timeout=300)
-    return result.returncode, result.stdout + result.stderr
+    return run_module("l2o_scale.metatest", env, *flags, report_tensorflow=check_only)
 
 
 @pytest.fixture

@@ -3,12 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from l2o_tf import meta, networks, optimizers, problems, self_improving
-
-
-@pytest.fixture(scope="module")
-def quadratic():
-    return problems.get("quadratic")
+from l2o_tf import meta, networks, optimizers, self_improving
 
 
 def generator(seed):

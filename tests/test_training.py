@@ -16,22 +16,9 @@ from l2o_tf import errors
 from l2o_tf import meta
 from l2o_tf import networks
 from l2o_tf import original_pickle
-from l2o_tf import problems
 from l2o_tf import rules
+from l2o_tf import seeding
 from l2o_tf import training
-
-
-@pytest.fixture(scope="module")
-def quadratic():
-    return problems.get("quadratic")
-
-
-@pytest.fixture(scope="module")
-def tiny_mnist():
-    rng = np.random.default_rng(0)
-    images = rng.uniform(0, 1, size=[64, 28, 28, 1]).astype(np.float32)
-    labels = rng.integers(0, 10, size=64).astype(np.int32)
-    return problems.get("mnist", dataset=(images, labels))
 
 
 def config(**overrides):
@@ -94,7 +81,7 @@ def test_the_trajectory_is_carried_across_unrolls_and_reset_per_epoch(quadratic)
 def test_validate_is_the_sum_of_fresh_trajectories_final_losses(quadratic):
     run = training.MetaTraining(config(evaluation_epochs=3), quadratic)
     cost = run.validate(12)  # whole unrolls: 10 steps
-    runner = meta.Runner(quadratic, run.cell, training.component_generator(3, "validation"))
+    runner = meta.Runner(quadratic, run.cell, seeding.generator(3, "validation"))
     expected = sum(runner.final_loss(runner.new_trajectory(), 10) for _ in range(3))
     assert cost == pytest.approx(expected, rel=1e-6)
     assert cost != pytest.approx(run.validate(12), rel=1e-6)  # the next validation draws fresh trajectories
