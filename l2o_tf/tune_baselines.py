@@ -124,20 +124,13 @@ def tune(problem, names, rates, seeds, num_steps, window, on_run=None):
     return results
 
 
-def main():
+def save(results, problem_name, rates, seeds, num_steps, window, output_path):
+    """Write the tuned-rates JSON and the chosen rates' loss records (see the module docstring); print the choices;
+    returns the JSON's path."""
     import numpy as np
-    from absl import logging
     from l2o_tf import fileio
-    names = parse_optimizers(FLAGS.optimizers)
-    rates = parse_numbers("learning_rates", FLAGS.learning_rates, float)
-    seeds = parse_numbers("seeds", FLAGS.seeds, int)
-    problem = cli.make_problem(mode="test")
-    logging.info("tuning %s on %s: %d rates x %d seeds x %d steps each", ", ".join(names), problem.name,
-                 len(rates), len(seeds), FLAGS.num_steps)
-    results = tune(problem, names, rates, seeds, FLAGS.num_steps, FLAGS.final_window,
-                   lambda name, rate, loss: logging.info("%s lr=%g: final loss %.4f", name, rate, loss))
-    report = {"problem": problem.name, "num_steps": FLAGS.num_steps, "seeds": seeds,
-              "final_window": FLAGS.final_window, "chosen": {}, "final_loss": {}}
+    report = {"problem": problem_name, "num_steps": num_steps, "seeds": list(seeds), "final_window": window,
+              "chosen": {}, "final_loss": {}}
     for name, (chosen, finals, runs) in results.items():
         report["chosen"][name] = chosen
         report["final_loss"][name] = {repr(rate): (loss if math.isfinite(loss) else None)
@@ -146,14 +139,27 @@ def main():
         print(f"{name}: learning rate {chosen}" + ("" if chosen is None else f", final loss {finals[chosen]:.4f}, "
               f"ln {np.log(finals[chosen]):.2f}") + ("  (at the edge of the grid: widen it)" if edge else ""))
         for seed, losses in runs.items():
-            record = os.path.join(FLAGS.output_path, name, f"seed{seed}",
-                                  f"{name}_eval_loss_record.pickle-{problem.name}")
+            record = os.path.join(output_path, name, f"seed{seed}", f"{name}_eval_loss_record.pickle-{problem_name}")
             fileio.atomic_save_pickle(record, [float(v) for v in losses])
             fileio.atomic_save_npz(record + ".npz", losses=losses, flags=json.dumps(
-                {"optimizer": name, "learning_rate": chosen, "problem": problem.name, "seed": seed,
-                 "num_steps": FLAGS.num_steps}))
-    path = os.path.join(FLAGS.output_path, f"tuned_{problem.name}.json")
+                {"optimizer": name, "learning_rate": chosen, "problem": problem_name, "seed": seed,
+                 "num_steps": num_steps}))
+    path = os.path.join(output_path, f"tuned_{problem_name}.json")
     fileio.atomic_write_bytes(path, json.dumps(report, indent=2).encode())
+    return path
+
+
+def main():
+    from absl import logging
+    names = parse_optimizers(FLAGS.optimizers)
+    rates = parse_numbers("learning_rates", FLAGS.learning_rates, float)
+    seeds = parse_numbers("seeds", FLAGS.seeds, int)
+    problem = cli.make_problem(mode="test")
+    logging.info("tuning %s on %s: %d rates x %d seeds x %d steps each", ", ".join(names), problem.name,
+                 len(rates), len(seeds), FLAGS.num_steps)
+    results = tune(problem, names, rates, seeds, FLAGS.num_steps, FLAGS.final_window,
+                   lambda name, rate, loss: logging.info("%s lr=%g: final loss %.4f", name, rate, loss))
+    path = save(results, problem.name, rates, seeds, FLAGS.num_steps, FLAGS.final_window, FLAGS.output_path)
     print(f"Tuned rates: {path}")
 
 

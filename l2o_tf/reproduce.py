@@ -1,0 +1,369 @@
+"""Reproduce the paper's comparison with our own training: `run_all.sh --preset=smoke|short|paper` runs this.
+
+    python -m l2o_tf.reproduce --flagfile=configs/presets/short.flags [--dry_run] [--data_dir=DIR]
+
+The plan, in order: train every experiment of `--experiments` (the entry points with `configs/<name>.flags`, the
+paper's values, then `configs/<preset>/<name>.flags`, the preset's overrides, as a subprocess each: Ctrl-C saves and
+a rerun resumes); tune the hand-designed baselines on every problem (`configs/tuned_baselines.flags`); evaluate every
+trained optimizer, the shipped original models of `--originals`, Adam and the tuned baselines on every problem, and
+the guards around our trained L2O-DM on `--guard_problems`; collect every final number in `<runs_dir>/results.json`
+and `results.md`, and draw the figures. Finished parts are skipped, so running the same command again continues.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+from absl import flags
+
+from l2o_tf import cli
+from l2o_tf import errors
+
+FLAGS = flags.FLAGS
+PRESETS = ("smoke", "short", "paper")
+# experiment -> (entry point, its flag naming the output directory, the trained model inside that directory)
+EXPERIMENTS = {
+    **{name: ("l2o_tf.train_dm", "save_path", "cw.l2l-0") for name in ("dm", "dm_aug", "dm_cl", "dm_il", "dm_cl_il",
+                                                                      "dm_si")},
+    **{name: ("l2o_tf.train_rnnprop", "save_path", "rp.l2l-0") for name in ("rnnprop", "rnnprop_cl_il")},
+    **{name: ("l2o_scale.metarun", "train_dir", "HierarchicalRNN_GRUCell_20_2/model.ckpt-0")
+       for name in ("scale", "scale_cl_il")},
+}
+CONVOLUTIONAL = ("mnist_conv", "cifar_conv", "lenet", "nas")
+FINAL_WINDOW = 100  # the final number of a run: ln of the mean loss over its last 100 steps
+
+
+class ReproduceError(errors.UsageError):
+    """A plan that cannot run: an unknown name, a missing config file, a failed step."""
+
+
+def define_flags():
+    listed = {"module_name": cli.__name__}
+    flags.DEFINE_string("preset", None, f"One of {', '.join(PRESETS)}: names configs/<preset>/ (the preset's "
+                        "overrides of the paper's values); run_all.sh passes configs/presets/<preset>.flags.", **listed)
+    flags.DEFINE_string("runs_dir", None, "Where every run's outputs go (default runs/<preset>).", **listed)
+    flags.DEFINE_string("configs_dir", "configs", "The experiments' flagfiles.", **listed)
+    flags.DEFINE_list("experiments", [], f"Experiments to train: some of {', '.join(EXPERIMENTS)}.", **listed)
+    flags.DEFINE_list("train_seeds", ["1"], "Training seeds: every experiment is trained once per seed.", **listed)
+    flags.DEFINE_list("originals", [], "Shipped original models to evaluate beside ours (l2o_tf.models.SHIPPED).",
+                      **listed)
+    flags.DEFINE_list("problems", ["mnist"], "Problems to evaluate on (CIFAR ones need the data).", **listed)
+    flags.DEFINE_integer("eval_steps", 10000, "Optimizee steps of every evaluation.", **listed)
+    flags.DEFINE_integer("conv_eval_steps", None, "Steps on convolutional problems (default --eval_steps).",
+                         **listed)
+    flags.DEFINE_list("eval_seeds", ["2"], "Evaluation seeds (the original evaluates with seed 2).", **listed)
+    flags.DEFINE_float("adam_learning_rate", 0.01, "Adam's rate beside the learned optimizers (the README's).",
+                       **listed)
+    flags.DEFINE_bool("tune", True, "Tune the baselines (configs/tuned_baselines.flags) on every problem and "
+                      "evaluate them at their chosen rates.", **listed)
+    flags.DEFINE_list("guard_problems", [], "Problems on which LGL2O and GL2O guard our trained dm (configs/"
+                      "guards.flags; SGD at its tuned rate).", **listed)
+    flags.DEFINE_bool("dry_run", False, "Print the plan (and what is done already) and exit.", **listed)
+    cli.define_data_flags()
+
+
+# -- the plan (no TensorFlow) --------------------------------------------------------------------------------------
+
+def read_flagfile(path):
+    """{name: value} of an absl flagfile (one --name=value per line, # comments); `--flag` alone is "true"."""
+    values = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if not line.startswith("--"):
+                raise ReproduceError(f"{path}: expected --name=value lines, got {line!r}")
+            name, sep, value = line[2:].partition("=")
+            values[name] = value if sep else "true"
+    return values
+
+
+def flagfiles(name):
+    """The paper's flagfile of `name` and, when the preset has one, its overrides."""
+    paper = os.path.join(FLAGS.configs_dir, f"{name}.flags")
+    if not os.path.exists(paper):
+        raise ReproduceError(f"no config {paper}")
+    override = os.path.join(FLAGS.configs_dir, FLAGS.preset, f"{name}.flags")
+    return [paper] + ([override] if os.path.exists(override) else [])
+
+
+def merged_flags(name):
+    values = {}
+    for path in flagfiles(name):
+        values.update(read_flagfile(path))
+    return values
+
+
+def data_arguments():
+    return [f"--data_dir={FLAGS.data_dir}"] if FLAGS.data_dir else []
+
+
+def training_dir(experiment, seed):
+    return os.path.join(FLAGS.runs_dir, "train", experiment, f"seed{seed}")
+
+
+def training_command(experiment, seed):
+    module, output_flag, _ = EXPERIMENTS[experiment]
+    return ([sys.executable, "-m", module] + [f"--flagfile={p}" for p in flagfiles(experiment)]
+            + [f"--{output_flag}={training_dir(experiment, seed)}", f"--seed={seed}"] + data_arguments())
+
+
+def trained_model(experiment, seed):
+    return os.path.join(training_dir(experiment, seed), EXPERIMENTS[experiment][2])
+
+
+def eval_steps(problem):
+    return FLAGS.conv_eval_steps if problem in CONVOLUTIONAL and FLAGS.conv_eval_steps else FLAGS.eval_steps
+
+
+def record_path(problem, label, seed, optimizer):
+    return os.path.join(FLAGS.runs_dir, "eval", problem, label, f"seed{seed}",
+                        f"{optimizer}_eval_loss_record.pickle-{problem}.npz")
+
+
+def tuned_json(problem):
+    return os.path.join(FLAGS.runs_dir, "tune", problem, f"tuned_{problem}.json")
+
+
+def check_flags():
+    from l2o_tf import datasets
+    from l2o_tf import models
+    if FLAGS.preset not in PRESETS:
+        raise ReproduceError(f"--preset must be one of {', '.join(PRESETS)}, got {FLAGS.preset!r}")
+    FLAGS.runs_dir = FLAGS.runs_dir or os.path.join("runs", FLAGS.preset)
+    unknown = [e for e in FLAGS.experiments if e not in EXPERIMENTS]
+    unknown += [o for o in FLAGS.originals if o not in models.SHIPPED]
+    unknown += [p for p in FLAGS.problems + FLAGS.guard_problems if p not in datasets.PROBLEM_DATASETS]
+    if unknown:
+        raise ReproduceError(f"unknown names: {', '.join(unknown)} (experiments: {', '.join(EXPERIMENTS)}; "
+                             f"originals: {', '.join(models.SHIPPED)}; problems: {', '.join(datasets.PROBLEM_DATASETS)})")
+    if FLAGS.guard_problems and "dm" not in FLAGS.experiments:
+        raise ReproduceError("--guard_problems guard our trained dm: add dm to --experiments")
+    for name in FLAGS.experiments + ["tuned_baselines", "guards"]:
+        flagfiles(name)
+    for flag in ("train_seeds", "eval_seeds"):
+        try:
+            [int(s) for s in FLAGS[flag].value]
+        except ValueError:
+            raise ReproduceError(f"--{flag}: expected integers, got {','.join(FLAGS[flag].value)}") from None
+    cli.positive("eval_steps", FLAGS.eval_steps)
+    if not FLAGS.dry_run:  # the data of every problem, before hours of training
+        for problem in FLAGS.problems:
+            if datasets.PROBLEM_DATASETS[problem]:
+                datasets.load(datasets.PROBLEM_DATASETS[problem], "test", data_dir=FLAGS.data_dir,
+                              download=FLAGS.download)
+
+
+def evaluations():
+    """[(problem, label, eval seed, what)] of every evaluation; `what` is ("learned", path), ("baseline", name,
+    rate or None for the tuned one), or ("guard", guard name)."""
+    runs = []
+    for problem in FLAGS.problems:
+        learned = [(f"{e}-t{s}", trained_model(e, s)) for e in FLAGS.experiments for s in FLAGS.train_seeds]
+        learned += [(f"original-{name}", name) for name in FLAGS.originals]
+        baselines = [("Adam", ("baseline", "Adam", FLAGS.adam_learning_rate))]
+        if FLAGS.tune:
+            names = read_flagfile_list(merged_flags("tuned_baselines").get("optimizers", ",".join(cli.BASELINES)))
+            baselines += [(f"{name}-tuned", ("baseline", name, None)) for name in names]
+        for seed in FLAGS.eval_seeds:
+            runs += [(problem, label, seed, ("learned", path)) for label, path in learned]
+            runs += [(problem, label, seed, what) for label, what in baselines]
+            if problem in FLAGS.guard_problems:
+                runs += [(problem, f"{guard}-dm-t{FLAGS.train_seeds[0]}", seed, ("guard", guard))
+                         for guard in ("lgl2o", "gl2o")]
+    return runs
+
+
+def read_flagfile_list(text):
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def record_optimizer(what):
+    return "L2L" if what[0] in ("learned", "guard") else what[1]
+
+
+def print_plan():
+    for experiment in FLAGS.experiments:
+        for seed in FLAGS.train_seeds:
+            done = os.path.exists(os.path.join(training_dir(experiment, seed), "DONE.json"))
+            print(("[done] " if done else "") + " ".join(training_command(experiment, seed)))
+    if FLAGS.tune:
+        for problem in FLAGS.problems:
+            print(("[done] " if os.path.exists(tuned_json(problem)) else "")
+                  + f"tune {problem}: {' '.join(flagfiles('tuned_baselines'))}, {tuning_steps(problem)} steps")
+    for problem, label, seed, what in evaluations():
+        done = os.path.exists(record_path(problem, label, seed, record_optimizer(what)))
+        print(("[done] " if done else "") + f"evaluate {label} on {problem}, seed {seed}, {eval_steps(problem)} steps")
+
+
+def tuning_steps(problem):
+    configured = int(merged_flags("tuned_baselines").get("num_steps", FLAGS.eval_steps))
+    return min(configured, eval_steps(problem))
+
+
+# -- running it ----------------------------------------------------------------------------------------------------
+
+def train_all():
+    for experiment in FLAGS.experiments:
+        for seed in FLAGS.train_seeds:
+            directory = training_dir(experiment, seed)
+            marker = os.path.join(directory, "DONE.json")
+            if os.path.exists(marker):
+                continue
+            command = training_command(experiment, seed)
+            print(f"== train {experiment} (seed {seed}): {' '.join(command)}", flush=True)
+            start = time.time()
+            code = subprocess.call(command)
+            if code == 130:
+                raise errors.Interrupted(f"training {experiment} was interrupted; run the same command again to "
+                                         "resume")
+            if code != 0:
+                raise ReproduceError(f"training {experiment} (seed {seed}) failed with exit status {code}; its "
+                                     f"output is above, its directory {directory}")
+            from l2o_tf import fileio
+            fileio.atomic_write_bytes(marker, json.dumps(
+                {"command": command, "wall_seconds": time.time() - start}).encode())
+
+
+def tune_all(problems):
+    from l2o_tf import tune_baselines
+    settings = merged_flags("tuned_baselines")
+    names = tune_baselines.parse_optimizers(settings.get("optimizers", ",".join(cli.BASELINES)))
+    rates = tune_baselines.parse_numbers("learning_rates", settings.get("learning_rates",
+                                                                        tune_baselines.DEFAULT_RATES), float)
+    seeds = tune_baselines.parse_numbers("seeds", settings.get("seeds", "0"), int)
+    window = int(settings.get("final_window", FINAL_WINDOW))
+    for name, problem in problems.items():
+        if os.path.exists(tuned_json(name)):
+            continue
+        steps = tuning_steps(name)
+        print(f"== tune {', '.join(names)} on {name}: {len(rates)} rates x {len(seeds)} seeds x {steps} steps",
+              flush=True)
+        results = tune_baselines.tune(problem, names, rates, seeds, steps, window)
+        tune_baselines.save(results, name, rates, seeds, steps, window, os.path.dirname(tuned_json(name)))
+
+
+def evaluate_all(problems):
+    from l2o_tf import evaluate
+    from l2o_tf import guards
+    from l2o_tf import models
+    from l2o_tf import optimizers
+    from l2o_tf import tune_baselines
+    guard_settings = merged_flags("guards")
+    for problem_name, label, seed, what in evaluations():
+        optimizer = record_optimizer(what)
+        path = record_path(problem_name, label, seed, optimizer)
+        if os.path.exists(path):
+            continue
+        problem, guard = problems[problem_name], None
+        settings = {"label": label, "problem": problem_name}
+        print(f"== evaluate {label} on {problem_name}, seed {seed}", flush=True)
+        if what[0] == "learned":
+            rule = models.load(what[1])
+            settings["path"] = what[1]
+        elif what[0] == "baseline":
+            rate = what[2] or tune_baselines.tuned_learning_rate(tuned_json(problem_name), what[1], problem_name)
+            rule = optimizers.get(what[1].lower(), rate)
+            settings["learning_rate"] = rate
+        else:
+            rate = tune_baselines.tuned_learning_rate(tuned_json(problem_name), guard_settings.get(
+                "guard_optimizer", "SGD"), problem_name)
+            guard = {"guard": what[1], "guard_optimizer": guard_settings.get("guard_optimizer", "SGD").lower(),
+                     "guard_learning_rate": rate, "every": int(guard_settings.get("guard_every", 1)),
+                     "batch": guard_settings.get("guard_batch", "fresh")}
+            if what[1] == "gl2o":
+                guard["mu_update"] = guard_settings.get("guard_mu_update", "ema")
+            rule, problem = guards.guard_problem(problem, models.load(trained_model("dm", FLAGS.train_seeds[0])),
+                                                 int(seed), **guard)
+        evaluate.run_and_record(problem, rule, optimizer, eval_steps(problem_name), 1, int(seed),
+                                os.path.dirname(path), settings, guard=guard)
+
+
+def summarise():
+    """results.json (one entry per evaluation) and results.md (a table per problem: mean and std over seeds)."""
+    import numpy as np
+    from l2o_tf import fileio
+    from l2o_tf import plot
+    entries = []
+    for problem, label, seed, what in evaluations():
+        path = record_path(problem, label, seed, record_optimizer(what))
+        if not os.path.exists(path):
+            continue
+        losses = plot.read_losses(path)
+        ln = lambda window: float(np.log(window.mean())) if window.size else None  # noqa: E731
+        entries.append({"problem": problem, "label": label, "eval_seed": int(seed), "steps": int(losses.size),
+                        "ln_first100": ln(losses[:100]), "ln_500": ln(losses[450:550]),
+                        "ln_2000": ln(losses[1950:2050]), "ln_final": ln(losses[-FINAL_WINDOW:]),
+                        "finite": bool(np.all(np.isfinite(losses)))})
+    fileio.atomic_write_bytes(os.path.join(FLAGS.runs_dir, "results.json"), json.dumps(entries, indent=1).encode())
+    lines = [f"# Results of preset {FLAGS.preset}", "",
+             "ln of the mean training loss over a window; mean ± std over the evaluation seeds.", ""]
+    for problem in FLAGS.problems:
+        rows = [e for e in entries if e["problem"] == problem]
+        if not rows:
+            continue
+        lines += [f"## {problem} ({rows[0]['steps']} steps)", "",
+                  "| optimizer | steps 1-100 | ~500 | ~2,000 | last 100 | seeds |", "|---|---|---|---|---|---|"]
+        for label in dict.fromkeys(e["label"] for e in rows):
+            runs = [e for e in rows if e["label"] == label]
+            cells = []
+            for key in ("ln_first100", "ln_500", "ln_2000", "ln_final"):
+                values = [e[key] for e in runs if e[key] is not None]
+                cells.append(f"{np.mean(values):.2f} ± {np.std(values):.2f}" if values else "–")
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {len(runs)} |")
+        lines.append("")
+    fileio.atomic_write_bytes(os.path.join(FLAGS.runs_dir, "results.md"), "\n".join(lines).encode())
+    print("\n".join(lines))
+    return entries
+
+
+def draw_figures():
+    """Per problem: the DM family with Adam (the paper's Fig. 2/3 kind), every learned optimizer with the tuned
+    baselines (Fig. 7), and the guards where run."""
+    from l2o_tf import plot
+    groups = {"dm": lambda label: label.startswith("dm") or label == "Adam",
+              "all": lambda label: "-t" in label or label.endswith("-tuned") or label == "Adam",
+              "guards": lambda label: label.startswith(("lgl2o", "gl2o", "dm-t")) or label == "SGD-tuned"}
+    for problem in FLAGS.problems:
+        for group, wanted in groups.items():
+            series = {}
+            for _, label, seed, what in (r for r in evaluations() if r[0] == problem):
+                path = record_path(problem, label, seed, record_optimizer(what))
+                if wanted(label) and os.path.exists(path):
+                    series.setdefault(label, []).append(path)
+            if len(series) > 1 and (group != "guards" or problem in FLAGS.guard_problems):
+                output = os.path.join(FLAGS.runs_dir, "figures", f"{problem}_{group}.png")
+                plot.plot(plot.curves(list(series.items()), 50), output, f"{problem}: {group}")
+                print(f"wrote {output}")
+
+
+def check_or_print_plan():
+    """The fast checks; with --dry_run, the plan, and exit before TensorFlow loads."""
+    check_flags()
+    if FLAGS.dry_run:
+        print_plan()
+        sys.exit(0)
+
+
+def main():
+    from l2o_tf import plot
+    plot.require_matplotlib()  # fail now, not hours from now
+    start = time.time()
+    train_all()
+    from l2o_tf import problems as problem_module
+    problems = {name: problem_module.get(name, mode="test", data_dir=FLAGS.data_dir, download=FLAGS.download)
+                for name in FLAGS.problems}
+    if FLAGS.tune:
+        tune_all(problems)
+    evaluate_all(problems)
+    summarise()
+    draw_figures()
+    print(f"preset {FLAGS.preset} finished in {cli.format_duration(time.time() - start)} (this invocation); "
+          f"results in {FLAGS.runs_dir}/results.json and results.md")
+
+
+if __name__ == "__main__":
+    define_flags()
+    cli.run(main, check=check_or_print_plan)

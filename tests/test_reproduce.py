@@ -1,0 +1,154 @@
+"""run_all.sh / l2o_tf.reproduce: the configs name real flags, the plan, fast failures, and a tiny end-to-end run."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import run_module
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(REPO, "configs")
+PRESETS = ("smoke", "short", "paper")
+
+# Prints the flag names an entry-point module defines (importing it defines them; tune_baselines and plot define
+# theirs in define_flags()).
+_FLAG_NAMES = """
+import importlib, sys
+from absl import flags
+module = importlib.import_module(sys.argv[1])
+getattr(module, "define_flags", lambda: None)()
+print(" ".join(flags.FLAGS))
+"""
+
+
+def defined_flags(module):
+    result = subprocess.run([sys.executable, "-c", _FLAG_NAMES, module], capture_output=True, text=True,
+                            check=True, cwd=REPO)
+    return set(result.stdout.split())
+
+
+def test_every_config_names_flags_of_its_entry_point():
+    from l2o_tf import reproduce
+    entry_points = {name: module for name, (module, _, _) in reproduce.EXPERIMENTS.items()}
+    entry_points.update(tuned_baselines="l2o_tf.tune_baselines", guards="l2o_tf.evaluate_dm")
+    known = {module: defined_flags(module) for module in set(entry_points.values()) | {"l2o_tf.reproduce"}}
+    checked = 0
+    for name, module in entry_points.items():
+        paths = [os.path.join(CONFIGS, f"{name}.flags")] + [os.path.join(CONFIGS, p, f"{name}.flags")
+                                                             for p in PRESETS]
+        for path in filter(os.path.exists, paths):
+            unknown = set(reproduce.read_flagfile(path)) - known[module]
+            assert not unknown, f"{path} names flags {module} does not define: {unknown}"
+            checked += 1
+    for preset in PRESETS:
+        path = os.path.join(CONFIGS, "presets", f"{preset}.flags")
+        assert reproduce.read_flagfile(path)["preset"] == preset
+        assert not set(reproduce.read_flagfile(path)) - known["l2o_tf.reproduce"]
+        checked += 1
+    assert checked >= 12 + 3 + 10  # the paper's configs, the presets, the short and smoke overrides
+
+
+def test_read_flagfile(tmp_path):
+    from l2o_tf import reproduce
+    path = tmp_path / "x.flags"
+    path.write_text("# a comment\n\n--num_steps_schedule=100 200 500\n--if_cl\n--rate=0.5\n")
+    assert reproduce.read_flagfile(str(path)) == {"num_steps_schedule": "100 200 500", "if_cl": "true",
+                                                  "rate": "0.5"}
+    path.write_text("num_steps=3\n")
+    with pytest.raises(reproduce.ReproduceError, match="expected --name=value"):
+        reproduce.read_flagfile(str(path))
+
+
+def test_dry_run_lists_the_plan_and_what_is_done(tmp_path, new_user_env):
+    runs = tmp_path / "runs"
+    code, out = run_module("l2o_tf.reproduce", new_user_env, f"--flagfile={CONFIGS}/presets/short.flags",
+                           f"--configs_dir={CONFIGS}", f"--runs_dir={runs}", "--dry_run", report_tensorflow=True)
+    assert code == 0, out
+    lines = out.splitlines()
+    training = [line for line in lines if " -m l2o" in line]
+    assert len(training) == 10
+    assert any(f"--flagfile={CONFIGS}/dm_cl_il.flags --flagfile={CONFIGS}/short/dm_cl_il.flags "
+               f"--save_path={runs}/train/dm_cl_il/seed1 --seed=1" in line for line in training)
+    assert any(f"l2o_scale.metarun --flagfile={CONFIGS}/scale.flags" in line and f"--train_dir={runs}" in line
+               for line in training)
+    evaluations = [line for line in lines if line.startswith(("evaluate", "[done] evaluate"))]
+    # 4 problems x 2 seeds x (10 trained + 7 originals + Adam + 5 tuned), and the 2 guards x 2 problems x 2 seeds
+    assert len(evaluations) == 4 * 2 * 23 + 8
+    assert "tensorflow imported: False" in out
+
+    (runs / "train" / "dm" / "seed1").mkdir(parents=True)
+    (runs / "train" / "dm" / "seed1" / "DONE.json").write_text("{}")
+    record = runs / "eval" / "mnist" / "Adam" / "seed3" / "Adam_eval_loss_record.pickle-mnist.npz"
+    record.parent.mkdir(parents=True)
+    record.write_bytes(b"")
+    code, out = run_module("l2o_tf.reproduce", new_user_env, f"--flagfile={CONFIGS}/presets/short.flags",
+                           f"--configs_dir={CONFIGS}", f"--runs_dir={runs}", "--dry_run")
+    done = [line for line in out.splitlines() if line.startswith("[done]")]
+    assert len(done) == 2 and "train/dm/seed1" in done[0] and done[1] == \
+        "[done] evaluate Adam on mnist, seed 3, 10000 steps"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--preset=fast"], "--preset must be one of smoke, short, paper"),
+    (["--preset=short", "--experiments=dm,dm_xl"], "unknown names: dm_xl"),
+    (["--preset=short", "--experiments=dm", "--problems=mnist,imagenet"], "unknown names: imagenet"),
+    (["--preset=short", "--experiments=rnnprop", "--guard_problems=mnist"], "guard our trained dm"),
+    (["--preset=short", "--experiments=dm", "--eval_seeds=2,x"], "--eval_seeds: expected integers"),
+    (["--preset=short", "--experiments=dm", "--problems=cifar_conv", "--data_dir=/nonexistent"], "cifar10"),
+])
+def test_bad_plans_fail_in_a_line_before_tensorflow(flags, message, new_user_env):
+    code, out = run_module("l2o_tf.reproduce", new_user_env, f"--configs_dir={CONFIGS}", *flags,
+                           report_tensorflow=True)
+    assert code == 2, out
+    assert message in out and "Traceback" not in out
+    assert "tensorflow imported: False" in out
+
+
+def test_run_all_needs_a_preset():
+    result = subprocess.run(["bash", os.path.join(REPO, "run_all.sh"), "--dry_run"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: give --preset=smoke, --preset=short or --preset=paper"
+
+
+def test_a_tiny_reproduction_end_to_end_and_its_rerun(tmp_path, new_user_env):
+    """Train dm (the smoke budget), tune Adam and SGD, evaluate dm, an original model, the baselines and both
+    guards on the embedded sample; results.json holds each record's numbers; a rerun does nothing."""
+    configs, runs = tmp_path / "configs", tmp_path / "runs"
+    shutil.copytree(CONFIGS, configs)
+    (configs / "smoke" / "tuned_baselines.flags").write_text("--seeds=0\n--num_steps=30\n--learning_rates=0.1,1\n"
+                                                             "--optimizers=Adam,SGD\n")
+    flags = ["--preset=smoke", f"--configs_dir={configs}", f"--runs_dir={runs}", "--experiments=dm",
+             "--originals=dm_cl_il", "--problems=mnist", "--eval_steps=30", "--eval_seeds=2",
+             "--guard_problems=mnist"]
+    code, out = run_module("l2o_tf.reproduce", new_user_env, *flags, timeout=600)
+    assert code == 0, out[-3000:]
+    assert os.path.exists(runs / "train" / "dm" / "seed1" / "cw.l2l-0")
+    tuned = json.loads((runs / "tune" / "mnist" / "tuned_mnist.json").read_text())
+    assert set(tuned["chosen"]) == {"Adam", "SGD"} and tuned["num_steps"] == 30
+
+    entries = json.loads((runs / "results.json").read_text())
+    labels = {e["label"] for e in entries}
+    assert labels == {"dm-t1", "original-dm_cl_il", "Adam", "Adam-tuned", "SGD-tuned", "lgl2o-dm-t1", "gl2o-dm-t1"}
+    for entry in entries:
+        optimizer = "L2L" if entry["label"].endswith(("-t1", "dm_cl_il")) else entry["label"].split("-")[0]
+        path = runs / "eval" / "mnist" / entry["label"] / "seed2" / f"{optimizer}_eval_loss_record.pickle-mnist.npz"
+        with np.load(path) as record:
+            losses = record["losses"].astype(np.float64)
+            settings = json.loads(str(record["flags"]))
+            assert entry["steps"] == losses.size == 30
+            assert entry["ln_final"] == pytest.approx(np.log(losses[-100:].mean()), rel=1e-12)
+            if entry["label"] in ("Adam-tuned", "SGD-tuned"):
+                assert settings["learning_rate"] == tuned["chosen"][optimizer]
+            if entry["label"].startswith(("lgl2o", "gl2o")):
+                assert record["learned_step"].shape == (30,)
+                assert settings["guard_learning_rate"] == tuned["chosen"]["SGD"]
+    assert "| dm-t1 |" in (runs / "results.md").read_text()
+    assert os.path.exists(runs / "figures" / "mnist_dm.png")
+
+    code, out = run_module("l2o_tf.reproduce", new_user_env, *flags, timeout=600)
+    assert code == 0, out[-3000:]
+    assert "== " not in out  # nothing trained, tuned or evaluated again
