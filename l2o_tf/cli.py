@@ -297,8 +297,12 @@ def run(main, mode=None, check=None):
                             "paper's (give the data with --data_dir=DIR or $L2O_DATA_DIR)", data.source)
         return result
 
-    print_help_if_asked(sys.argv)
-    app.run(absl_main)
+    try:
+        print_help_if_asked(sys.argv)
+        app.run(absl_main)
+    except BrokenPipeError:  # the output went into `| head`: stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
 
 
 _HELP_FLAGS = {"--help": False, "-?": False, "--helpshort": False, "-h": False, "--helpfull": True}

@@ -128,6 +128,7 @@ def plot(panels, output, title=""):
     import matplotlib.pyplot as plt
     labels = list(dict.fromkeys(label for lines in panels.values() for label, *_ in lines))
     colours = {label: f"C{i % 10}" for i, label in enumerate(labels)}
+    styles = {label: ("-", "--", ":")[(i // 10) % 3] for i, label in enumerate(labels)}  # more than 10 curves
     figure, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.0), squeeze=False)
     handles = {}
     for axis, (problem, lines) in zip(axes[0], panels.items()):
@@ -135,7 +136,7 @@ def plot(panels, output, title=""):
             every = max(1, len(mean) // MAX_POINTS)  # a light file: the curves are smoothed already
             steps = np.arange(1, len(mean) + 1)[::every]
             mean, std = mean[::every], std[::every]
-            handles[label], = axis.plot(steps, mean, color=colours[label], linewidth=1.2,
+            handles[label], = axis.plot(steps, mean, color=colours[label], linestyle=styles[label], linewidth=1.2,
                                         label=label if seeds == 1 else f"{label} ({seeds} seeds)")
             if seeds > 1:
                 axis.fill_between(steps, mean - std, mean + std, color=colours[label], alpha=0.2, linewidth=0)

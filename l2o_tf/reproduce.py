@@ -31,6 +31,14 @@ EXPERIMENTS = {
        for name in ("scale", "scale_cl_il")},
 }
 CONVOLUTIONAL = ("mnist_conv", "cifar_conv", "lenet", "nas")
+# For the expected time printed first: seconds per meta-training unroll of 20 steps on the MNIST MLP and per
+# evaluation step, measured on the 2-core development machine (docs/RESULTS.md); defaults of the entry points.
+SECONDS_PER_UNROLL = {"l2o_tf.train_dm": 0.25, "l2o_tf.train_rnnprop": 0.3, "l2o_scale.metarun": 0.35}
+SECONDS_PER_EVAL_STEP = {"mlp": 0.004, "conv": 0.03}
+START_SECONDS = {"training": 20, "evaluation": 4}  # a training process's start-up, an evaluation's tracing
+ENTRY_DEFAULTS = {"l2o_tf.train_dm": {"num_epochs": 10000, "num_steps": 100, "evaluation_period": 100},
+                  "l2o_tf.train_rnnprop": {"num_epochs": 10000, "num_steps": 100, "evaluation_period": 10},
+                  "l2o_scale.metarun": {"num_meta_iterations": 5, "fix_num_steps": 100, "evaluation_period": 1}}
 FINAL_WINDOW = 100  # the final number of a run: ln of the mean loss over its last 100 steps
 
 
@@ -184,7 +192,48 @@ def record_optimizer(what):
     return "L2L" if what[0] in ("learned", "guard") else what[1]
 
 
+def planned_unrolls(experiment):
+    """(unrolls of 20 steps, is a lower bound): a curriculum's length depends on its validations, so for one the
+    count assumes every stage ends after its minimum number of validations."""
+    module = EXPERIMENTS[experiment][0]
+    values = {**ENTRY_DEFAULTS[module], **merged_flags(experiment)}
+    scale = module == "l2o_scale.metarun"
+    epochs = int(values["num_meta_iterations" if scale else "num_epochs"])
+    unroll = int(values.get("fix_unroll_length" if scale else "unroll_length", 20))
+    if values.get("if_cl", "false").lower() not in ("true", "1"):
+        return epochs * int(values["fix_num_steps" if scale else "num_steps"]) // unroll, False
+    from l2o_tf import curriculum
+    from l2o_tf import config as config_lib
+    default = "100 200 500 1000 1500 2000 2500 3000 3500 4000 4500 5000" if scale else " ".join(
+        map(str, curriculum.DEFAULT_SCHEDULE))
+    per_stage = int(values["evaluation_period"]) * int(values.get("min_num_eval", config_lib.TrainConfig.min_num_eval))
+    total = 0
+    for steps in curriculum.parse_schedule(values.get("num_steps_schedule", default)):
+        stage_epochs = min(epochs, per_stage)
+        total, epochs = total + stage_epochs * steps // unroll, epochs - stage_epochs
+    return total, True
+
+
+def expected_seconds():
+    """(training, evaluation) seconds the plan should take on a 2-core CPU like ours, done parts included."""
+    training = sum(START_SECONDS["training"] + planned_unrolls(e)[0] * SECONDS_PER_UNROLL[EXPERIMENTS[e][0]]
+                   for e in FLAGS.experiments) * len(FLAGS.train_seeds)
+    evaluation = sum(START_SECONDS["evaluation"] + eval_steps(problem) * SECONDS_PER_EVAL_STEP[
+        "conv" if problem in CONVOLUTIONAL else "mlp"] for problem, *_ in evaluations())
+    return training, evaluation
+
+
+def announce_expected_time():
+    training, evaluation = expected_seconds()
+    lower_bound = any(planned_unrolls(e)[1] for e in FLAGS.experiments)
+    print(f"preset {FLAGS.preset}: expected {'at least ' if lower_bound else ''}"
+          f"{cli.format_duration(training + evaluation)} on a 2-core CPU like ours (training "
+          f"{cli.format_duration(training)}, evaluation {cli.format_duration(evaluation)}; tuning not counted)",
+          flush=True)
+
+
 def print_plan():
+    announce_expected_time()
     for experiment in FLAGS.experiments:
         for seed in FLAGS.train_seeds:
             done = os.path.exists(os.path.join(training_dir(experiment, seed), "DONE.json"))
@@ -350,6 +399,7 @@ def check_or_print_plan():
 def main():
     from l2o_tf import plot
     plot.require_matplotlib()  # fail now, not hours from now
+    announce_expected_time()
     start = time.time()
     train_all()
     from l2o_tf import problems as problem_module

@@ -155,14 +155,6 @@ def test_help_lists_the_project_flags(env, module):
     assert full.returncode == 0 and "--verbosity" in full.stdout and "--problem" in full.stdout
 
 
-@pytest.mark.parametrize("config", sorted(os.listdir(os.path.join(os.path.dirname(__file__), "..", "configs"))))
-def test_every_config_is_a_valid_flagfile(env, config):
-    net = "rnnprop" if config.startswith("rnnprop") else "dm"
-    path = os.path.join(os.path.dirname(__file__), "..", "configs", config)
-    code, log = run(f"train_{net}", env, f"--flagfile={path}", "--only_check_args")  # absl: parse, then exit 0
-    assert code == 0, log
-
-
 def test_tensorflow_noise_is_filtered_and_other_output_kept(capfd):
     """What import_tensorflow does around TensorFlow's import: drop the start-up notices, keep anything else."""
     with cli.filtered_stderr():
