@@ -11,6 +11,7 @@ and `results.md`, and draw the figures. Finished parts are skipped, so running t
 """
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -264,7 +265,7 @@ def train_all():
             command = training_command(experiment, seed)
             print(f"== train {experiment} (seed {seed}): {' '.join(command)}", flush=True)
             start = time.time()
-            code = subprocess.call(command)
+            code = run_child(command)
             if code == 130:
                 raise errors.Interrupted(f"training {experiment} was interrupted; run the same command again to "
                                          "resume")
@@ -274,6 +275,20 @@ def train_all():
             from l2o_tf import fileio
             fileio.atomic_write_bytes(marker, json.dumps(
                 {"command": command, "wall_seconds": time.time() - start}).encode())
+
+
+def run_child(command):
+    """Run a training command to its end and return its exit status. Ctrl-C reaches the child from the terminal (it
+    saves and exits 130) and must not kill it from here; SIGTERM is passed on to it, which saves too."""
+    child = subprocess.Popen(command)
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, lambda signum, frame: None)
+    signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signal.SIGTERM))
+    try:
+        return child.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def tune_all(problems):
@@ -290,7 +305,8 @@ def tune_all(problems):
         steps = tuning_steps(name)
         print(f"== tune {', '.join(names)} on {name}: {len(rates)} rates x {len(seeds)} seeds x {steps} steps",
               flush=True)
-        results = tune_baselines.tune(problem, names, rates, seeds, steps, window)
+        results = tune_baselines.tune(problem, names, rates, seeds, steps, window, lambda optimizer, rate, loss: print(
+            f"   {optimizer} lr={rate:g}: final loss {loss:.4f}", flush=True))
         tune_baselines.save(results, name, rates, seeds, steps, window, os.path.dirname(tuned_json(name)))
 
 
@@ -405,9 +421,13 @@ def main():
     from l2o_tf import problems as problem_module
     problems = {name: problem_module.get(name, mode="test", data_dir=FLAGS.data_dir, download=FLAGS.download)
                 for name in FLAGS.problems}
-    if FLAGS.tune:
-        tune_all(problems)
-    evaluate_all(problems)
+    try:
+        if FLAGS.tune:
+            tune_all(problems)
+        evaluate_all(problems)
+    except KeyboardInterrupt:
+        raise errors.Interrupted("interrupted; run the same command again to continue (every finished tuning and "
+                                 "evaluation is kept)") from None
     summarise()
     draw_figures()
     print(f"preset {FLAGS.preset} finished in {cli.format_duration(time.time() - start)} (this invocation); "
