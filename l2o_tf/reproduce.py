@@ -363,16 +363,22 @@ def summarise():
                         "ln_2000": ln(losses[1950:2050]), "ln_final": ln(losses[-FINAL_WINDOW:]),
                         "finite": bool(np.all(np.isfinite(losses)))})
     fileio.atomic_write_bytes(os.path.join(FLAGS.runs_dir, "results.json"), json.dumps(entries, indent=1).encode())
-    lines = [f"# Results of preset {FLAGS.preset}", "",
-             "ln of the mean training loss over a window; mean ± std over the evaluation seeds.", ""]
+    lines = [f"# Results of preset {FLAGS.preset}", "", "ln of the mean training loss over a window; mean ± std over "
+             "the evaluation seeds (and the training seeds, in the rows that say so); runs: how many.", ""]
     for problem in FLAGS.problems:
         rows = [e for e in entries if e["problem"] == problem]
         if not rows:
             continue
         lines += [f"## {problem} ({rows[0]['steps']} steps)", "",
-                  "| optimizer | steps 1-100 | ~500 | ~2,000 | last 100 | seeds |", "|---|---|---|---|---|---|"]
-        for label in dict.fromkeys(e["label"] for e in rows):
-            runs = [e for e in rows if e["label"] == label]
+                  "| optimizer | steps 1-100 | ~500 | ~2,000 | last 100 | runs |", "|---|---|---|---|---|---|"]
+        groups = {label: [label] for label in dict.fromkeys(e["label"] for e in rows)}
+        if len(FLAGS.train_seeds) > 1:  # and each experiment over its training seeds
+            groups.update({f"{e} (all training seeds)": [f"{e}-t{s}" for s in FLAGS.train_seeds]
+                           for e in FLAGS.experiments})
+        for label, members in groups.items():
+            runs = [e for e in rows if e["label"] in members]
+            if not runs:
+                continue
             cells = []
             for key in ("ln_first100", "ln_500", "ln_2000", "ln_final"):
                 values = [e[key] for e in runs if e[key] is not None]
