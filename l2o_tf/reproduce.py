@@ -310,19 +310,20 @@ def tune_all(problems):
         tune_baselines.save(results, name, rates, seeds, steps, window, os.path.dirname(tuned_json(name)))
 
 
-def evaluate_all(problems):
+def evaluate_problem(problem_name, base_problem):
+    """Every evaluation of the plan on one problem; finished ones are skipped."""
     from l2o_tf import evaluate
     from l2o_tf import guards
     from l2o_tf import models
     from l2o_tf import optimizers
     from l2o_tf import tune_baselines
     guard_settings = merged_flags("guards")
-    for problem_name, label, seed, what in evaluations():
+    for _, label, seed, what in (run for run in evaluations() if run[0] == problem_name):
         optimizer = record_optimizer(what)
         path = record_path(problem_name, label, seed, optimizer)
         if os.path.exists(path):
             continue
-        problem, guard = problems[problem_name], None
+        problem, guard = base_problem, None
         settings = {"label": label, "problem": problem_name}
         print(f"== evaluate {label} on {problem_name}, seed {seed}", flush=True)
         if what[0] == "learned":
@@ -428,9 +429,10 @@ def main():
     problems = {name: problem_module.get(name, mode="test", data_dir=FLAGS.data_dir, download=FLAGS.download)
                 for name in FLAGS.problems}
     try:
-        if FLAGS.tune:
-            tune_all(problems)
-        evaluate_all(problems)
+        for name, problem in problems.items():  # a problem at a time, so that results come problem by problem
+            if FLAGS.tune:
+                tune_all({name: problem})
+            evaluate_problem(name, problem)
     except KeyboardInterrupt:
         raise errors.Interrupted("interrupted; run the same command again to continue (every finished tuning and "
                                  "evaluation is kept)") from None

@@ -325,7 +325,7 @@ class MetaTraining:
         seconds = float(np.mean(epoch_times[-50:]))
         remaining = (config.num_epochs - self.epoch) * seconds
         loss = record.get("loss", record.get("imitation_loss"))
-        logging.info("epoch %d/%d  %s loss %.4f  stage %d (%d steps)  %.2f s/epoch  ETA %s%s", self.epoch,
+        logging.info("epoch %d/%d  %s loss %.4g  stage %d (%d steps)  %.2f s/epoch  ETA %s%s", self.epoch,
                      config.num_epochs, record["kind"], loss, cl.stage, cl.train_steps, seconds,
                      cli.format_duration(remaining), " (at most: the curriculum may end sooner)" if config.if_cl else "")
 
