@@ -69,6 +69,8 @@ def define_flags():
     flags.DEFINE_list("guard_problems", [], "Problems on which LGL2O and GL2O guard our trained dm (configs/"
                       "guards.flags; SGD at its tuned rate).", **listed)
     flags.DEFINE_bool("dry_run", False, "Print the plan (and what is done already) and exit.", **listed)
+    flags.DEFINE_bool("report", False, "Only collect results.json / results.md and draw the figures from the runs "
+                      "finished so far (nothing is trained or evaluated).", **listed)
     cli.define_data_flags()
 
 
@@ -422,6 +424,10 @@ def check_or_print_plan():
 def main():
     from l2o_tf import plot
     plot.require_matplotlib()  # fail now, not hours from now
+    if FLAGS.report:
+        summarise()
+        draw_figures()
+        return
     announce_expected_time()
     start = time.time()
     train_all()

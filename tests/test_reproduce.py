@@ -146,6 +146,12 @@ def test_a_tiny_reproduction_end_to_end_and_its_rerun(tmp_path, new_user_env):
     assert code == 0, out[-3000:]
     assert "== " not in out  # nothing trained, tuned or evaluated again
 
+    table = (runs / "results.md").read_bytes()
+    (runs / "results.md").unlink()
+    code, out = run_module("l2o_tf.reproduce", new_user_env, *flags, "--report", timeout=600)
+    assert code == 0 and "== " not in out, out[-3000:]
+    assert (runs / "results.md").read_bytes() == table
+
 
 def test_ctrl_c_during_training_saves_and_says_how_to_resume(tmp_path, new_user_env):
     """Ctrl-C (SIGINT to the terminal's process group) reaches the training child, which saves; the driver waits for
