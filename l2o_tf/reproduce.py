@@ -91,192 +91,12 @@ def read_flagfile(path):
     return values
 
 
-def flagfiles(name):
-    """The paper's flagfile of `name` and, when the preset has one, its overrides."""
-    paper = os.path.join(FLAGS.configs_dir, f"{name}.flags")
-    if not os.path.exists(paper):
-        raise ReproduceError(f"no config {paper}")
-    override = os.path.join(FLAGS.configs_dir, FLAGS.preset, f"{name}.flags")
-    return [paper] + ([override] if os.path.exists(override) else [])
-
-
-def merged_flags(name):
-    values = {}
-    for path in flagfiles(name):
-        values.update(read_flagfile(path))
-    return values
-
-
-def data_arguments():
-    return [f"--data_dir={FLAGS.data_dir}"] if FLAGS.data_dir else []
-
-
-def training_dir(experiment, seed):
-    return os.path.join(FLAGS.runs_dir, "train", experiment, f"seed{seed}")
-
-
-def training_command(experiment, seed):
-    module, output_flag, _ = EXPERIMENTS[experiment]
-    return ([sys.executable, "-m", module] + [f"--flagfile={p}" for p in flagfiles(experiment)]
-            + [f"--{output_flag}={training_dir(experiment, seed)}", f"--seed={seed}"] + data_arguments())
-
-
-def trained_model(experiment, seed):
-    return os.path.join(training_dir(experiment, seed), EXPERIMENTS[experiment][2])
-
-
-def eval_steps(problem):
-    return FLAGS.conv_eval_steps if problem in CONVOLUTIONAL and FLAGS.conv_eval_steps else FLAGS.eval_steps
-
-
-def record_path(problem, label, seed, optimizer):
-    return os.path.join(FLAGS.runs_dir, "eval", problem, label, f"seed{seed}",
-                        f"{optimizer}_eval_loss_record.pickle-{problem}.npz")
-
-
-def tuned_json(problem):
-    return os.path.join(FLAGS.runs_dir, "tune", problem, f"tuned_{problem}.json")
-
-
-def check_flags():
-    from l2o_tf import datasets
-    from l2o_tf import models
-    if FLAGS.preset not in PRESETS:
-        raise ReproduceError(f"--preset must be one of {', '.join(PRESETS)}, got {FLAGS.preset!r}")
-    FLAGS.runs_dir = FLAGS.runs_dir or os.path.join("runs", FLAGS.preset)
-    unknown = [e for e in FLAGS.experiments if e not in EXPERIMENTS]
-    unknown += [o for o in FLAGS.originals if o not in models.SHIPPED]
-    unknown += [p for p in FLAGS.problems + FLAGS.guard_problems if p not in datasets.PROBLEM_DATASETS]
-    if unknown:
-        raise ReproduceError(f"unknown names: {', '.join(unknown)} (experiments: {', '.join(EXPERIMENTS)}; "
-                             f"originals: {', '.join(models.SHIPPED)}; problems: {', '.join(datasets.PROBLEM_DATASETS)})")
-    if FLAGS.guard_problems and "dm" not in FLAGS.experiments:
-        raise ReproduceError("--guard_problems guard our trained dm: add dm to --experiments")
-    for name in FLAGS.experiments + ["tuned_baselines", "guards"]:
-        flagfiles(name)
-    for flag in ("train_seeds", "eval_seeds"):
-        try:
-            [int(s) for s in FLAGS[flag].value]
-        except ValueError:
-            raise ReproduceError(f"--{flag}: expected integers, got {','.join(FLAGS[flag].value)}") from None
-    cli.positive("eval_steps", FLAGS.eval_steps)
-    if not FLAGS.dry_run:  # the data of every problem, before hours of training
-        for problem in FLAGS.problems:
-            if datasets.PROBLEM_DATASETS[problem]:
-                datasets.load(datasets.PROBLEM_DATASETS[problem], "test", data_dir=FLAGS.data_dir,
-                              download=FLAGS.download)
-
-
-def evaluations():
-    """[(problem, label, eval seed, what)] of every evaluation; `what` is ("learned", path), ("baseline", name,
-    rate or None for the tuned one), or ("guard", guard name)."""
-    runs = []
-    for problem in FLAGS.problems:
-        learned = [(f"{e}-t{s}", trained_model(e, s)) for e in FLAGS.experiments for s in FLAGS.train_seeds]
-        learned += [(f"original-{name}", name) for name in FLAGS.originals]
-        baselines = [("Adam", ("baseline", "Adam", FLAGS.adam_learning_rate))]
-        if FLAGS.tune:
-            names = read_flagfile_list(merged_flags("tuned_baselines").get("optimizers", ",".join(cli.BASELINES)))
-            baselines += [(f"{name}-tuned", ("baseline", name, None)) for name in names]
-        for seed in FLAGS.eval_seeds:
-            runs += [(problem, label, seed, ("learned", path)) for label, path in learned]
-            runs += [(problem, label, seed, what) for label, what in baselines]
-            if problem in FLAGS.guard_problems:
-                runs += [(problem, f"{guard}-dm-t{FLAGS.train_seeds[0]}", seed, ("guard", guard))
-                         for guard in ("lgl2o", "gl2o")]
-    return runs
-
-
 def read_flagfile_list(text):
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def record_optimizer(what):
     return "L2L" if what[0] in ("learned", "guard") else what[1]
-
-
-def planned_unrolls(experiment):
-    """(unrolls of 20 steps, is a lower bound): a curriculum's length depends on its validations, so for one the
-    count assumes every stage ends after its minimum number of validations."""
-    module = EXPERIMENTS[experiment][0]
-    values = {**ENTRY_DEFAULTS[module], **merged_flags(experiment)}
-    scale = module == "l2o_scale.metarun"
-    epochs = int(values["num_meta_iterations" if scale else "num_epochs"])
-    unroll = int(values.get("fix_unroll_length" if scale else "unroll_length", 20))
-    if values.get("if_cl", "false").lower() not in ("true", "1"):
-        return epochs * int(values["fix_num_steps" if scale else "num_steps"]) // unroll, False
-    from l2o_tf import curriculum
-    from l2o_tf import config as config_lib
-    default = "100 200 500 1000 1500 2000 2500 3000 3500 4000 4500 5000" if scale else " ".join(
-        map(str, curriculum.DEFAULT_SCHEDULE))
-    per_stage = int(values["evaluation_period"]) * int(values.get("min_num_eval", config_lib.TrainConfig.min_num_eval))
-    total = 0
-    for steps in curriculum.parse_schedule(values.get("num_steps_schedule", default)):
-        stage_epochs = min(epochs, per_stage)
-        total, epochs = total + stage_epochs * steps // unroll, epochs - stage_epochs
-    return total, True
-
-
-def expected_seconds():
-    """(training, evaluation) seconds the plan should take on a 2-core CPU like ours, done parts included."""
-    training = sum(START_SECONDS["training"] + planned_unrolls(e)[0] * SECONDS_PER_UNROLL[EXPERIMENTS[e][0]]
-                   for e in FLAGS.experiments) * len(FLAGS.train_seeds)
-    evaluation = sum(START_SECONDS["evaluation"] + eval_steps(problem) * SECONDS_PER_EVAL_STEP[
-        "conv" if problem in CONVOLUTIONAL else "mlp"] for problem, *_ in evaluations())
-    return training, evaluation
-
-
-def announce_expected_time():
-    training, evaluation = expected_seconds()
-    lower_bound = any(planned_unrolls(e)[1] for e in FLAGS.experiments)
-    print(f"preset {FLAGS.preset}: expected {'at least ' if lower_bound else ''}"
-          f"{cli.format_duration(training + evaluation)} on a 2-core CPU like ours (training "
-          f"{cli.format_duration(training)}, evaluation {cli.format_duration(evaluation)}; tuning not counted)",
-          flush=True)
-
-
-def print_plan():
-    announce_expected_time()
-    for experiment in FLAGS.experiments:
-        for seed in FLAGS.train_seeds:
-            done = os.path.exists(os.path.join(training_dir(experiment, seed), "DONE.json"))
-            print(("[done] " if done else "") + " ".join(training_command(experiment, seed)))
-    if FLAGS.tune:
-        for problem in FLAGS.problems:
-            print(("[done] " if os.path.exists(tuned_json(problem)) else "")
-                  + f"tune {problem}: {' '.join(flagfiles('tuned_baselines'))}, {tuning_steps(problem)} steps")
-    for problem, label, seed, what in evaluations():
-        done = os.path.exists(record_path(problem, label, seed, record_optimizer(what)))
-        print(("[done] " if done else "") + f"evaluate {label} on {problem}, seed {seed}, {eval_steps(problem)} steps")
-
-
-def tuning_steps(problem):
-    configured = int(merged_flags("tuned_baselines").get("num_steps", FLAGS.eval_steps))
-    return min(configured, eval_steps(problem))
-
-
-# -- running it ----------------------------------------------------------------------------------------------------
-
-def train_all():
-    for experiment in FLAGS.experiments:
-        for seed in FLAGS.train_seeds:
-            directory = training_dir(experiment, seed)
-            marker = os.path.join(directory, "DONE.json")
-            if os.path.exists(marker):
-                continue
-            command = training_command(experiment, seed)
-            print(f"== train {experiment} (seed {seed}): {' '.join(command)}", flush=True)
-            start = time.time()
-            code = run_child(command)
-            if code == 130:
-                raise errors.Interrupted(f"training {experiment} was interrupted; run the same command again to "
-                                         "resume")
-            if code != 0:
-                raise ReproduceError(f"training {experiment} (seed {seed}) failed with exit status {code}; its "
-                                     f"output is above, its directory {directory}")
-            from l2o_tf import fileio
-            fileio.atomic_write_bytes(marker, json.dumps(
-                {"command": command, "wall_seconds": time.time() - start}).encode())
 
 
 def run_child(command):
@@ -293,159 +113,362 @@ def run_child(command):
             signal.signal(signum, handler)
 
 
-def tune_all(problems):
-    from l2o_tf import tune_baselines
-    settings = merged_flags("tuned_baselines")
-    names = tune_baselines.parse_optimizers(settings.get("optimizers", ",".join(cli.BASELINES)))
-    rates = tune_baselines.parse_numbers("learning_rates", settings.get("learning_rates",
-                                                                        tune_baselines.DEFAULT_RATES), float)
-    seeds = tune_baselines.parse_numbers("seeds", settings.get("seeds", "0"), int)
-    window = int(settings.get("final_window", FINAL_WINDOW))
-    for name, problem in problems.items():
-        if os.path.exists(tuned_json(name)):
-            continue
-        steps = tuning_steps(name)
-        print(f"== tune {', '.join(names)} on {name}: {len(rates)} rates x {len(seeds)} seeds x {steps} steps",
+
+class Plan:
+    """What `run_all.sh` runs: the settings of `--help`, as attributes (`Plan.from_flags()` reads the flags)."""
+
+    SETTINGS = ("preset", "runs_dir", "configs_dir", "experiments", "train_seeds", "originals", "problems",
+                "eval_steps", "conv_eval_steps", "eval_seeds", "adam_learning_rate", "tune", "guard_problems",
+                "data_dir", "download", "dry_run")
+
+    def __init__(self, **settings):
+        unknown = set(settings) - set(self.SETTINGS)
+        if unknown:
+            raise TypeError(f"unknown settings {sorted(unknown)}")
+        defaults = {"preset": None, "runs_dir": None, "configs_dir": "configs", "experiments": [], "train_seeds": ["1"],
+                    "originals": [], "problems": ["mnist"], "eval_steps": 10000, "conv_eval_steps": None,
+                    "eval_seeds": ["2"], "adam_learning_rate": 0.01, "tune": True, "guard_problems": [],
+                    "data_dir": None, "download": False, "dry_run": False}
+        for name, value in {**defaults, **settings}.items():
+            setattr(self, name, value)
+        self.train_seeds = [str(s) for s in self.train_seeds]
+        self.eval_seeds = [str(s) for s in self.eval_seeds]
+        if self.preset in PRESETS:
+            self.runs_dir = self.runs_dir or os.path.join("runs", self.preset)
+
+    @classmethod
+    def from_flags(cls):
+        return cls(**{name: FLAGS[name].value for name in cls.SETTINGS})
+
+    def flagfiles(self, name):
+        """The paper's flagfile of `name` and, when the preset has one, its overrides."""
+        paper = os.path.join(self.configs_dir, f"{name}.flags")
+        if not os.path.exists(paper):
+            raise ReproduceError(f"no config {paper}")
+        override = os.path.join(self.configs_dir, self.preset, f"{name}.flags")
+        return [paper] + ([override] if os.path.exists(override) else [])
+
+    def merged_flags(self, name):
+        values = {}
+        for path in self.flagfiles(name):
+            values.update(read_flagfile(path))
+        return values
+
+    def data_arguments(self):
+        return [f"--data_dir={self.data_dir}"] if self.data_dir else []
+
+    def training_dir(self, experiment, seed):
+        return os.path.join(self.runs_dir, "train", experiment, f"seed{seed}")
+
+    def training_command(self, experiment, seed):
+        module, output_flag, _ = EXPERIMENTS[experiment]
+        return ([sys.executable, "-m", module] + [f"--flagfile={p}" for p in self.flagfiles(experiment)]
+                + [f"--{output_flag}={self.training_dir(experiment, seed)}", f"--seed={seed}"] + self.data_arguments())
+
+    def trained_model(self, experiment, seed):
+        return os.path.join(self.training_dir(experiment, seed), EXPERIMENTS[experiment][2])
+
+    def steps_on(self, problem):
+        return self.conv_eval_steps if problem in CONVOLUTIONAL and self.conv_eval_steps else self.eval_steps
+
+    def record_path(self, problem, label, seed, optimizer):
+        return os.path.join(self.runs_dir, "eval", problem, label, f"seed{seed}",
+                            f"{optimizer}_eval_loss_record.pickle-{problem}.npz")
+
+    def tuned_json(self, problem):
+        return os.path.join(self.runs_dir, "tune", problem, f"tuned_{problem}.json")
+
+    def check(self):
+        from l2o_tf import datasets
+        from l2o_tf import models
+        if self.preset not in PRESETS:
+            raise ReproduceError(f"--preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
+        unknown = [e for e in self.experiments if e not in EXPERIMENTS]
+        unknown += [o for o in self.originals if o not in models.SHIPPED]
+        unknown += [p for p in self.problems + self.guard_problems if p not in datasets.PROBLEM_DATASETS]
+        if unknown:
+            raise ReproduceError(f"unknown names: {', '.join(unknown)} (experiments: {', '.join(EXPERIMENTS)}; "
+                                 f"originals: {', '.join(models.SHIPPED)}; "
+                                 f"problems: {', '.join(datasets.PROBLEM_DATASETS)})")
+        if self.guard_problems and "dm" not in self.experiments:
+            raise ReproduceError("--guard_problems guard our trained dm: add dm to --experiments")
+        for name in self.experiments + ["tuned_baselines", "guards"]:
+            self.flagfiles(name)
+        for flag in ("train_seeds", "eval_seeds"):
+            try:
+                [int(s) for s in getattr(self, flag)]
+            except ValueError:
+                raise ReproduceError(f"--{flag}: expected integers, got {','.join(getattr(self, flag))}") from None
+        cli.positive("eval_steps", self.eval_steps)
+        if not self.dry_run:  # the data of every problem, before hours of training
+            for problem in self.problems:
+                if datasets.PROBLEM_DATASETS[problem]:
+                    datasets.load(datasets.PROBLEM_DATASETS[problem], "test", data_dir=self.data_dir,
+                                  download=self.download)
+
+    def evaluations(self):
+        """[(problem, label, eval seed, what)] of every evaluation; `what` is ("learned", path), ("baseline", name,
+        rate or None for the tuned one), or ("guard", guard name)."""
+        runs = []
+        for problem in self.problems:
+            learned = [(f"{e}-t{s}", self.trained_model(e, s)) for e in self.experiments for s in self.train_seeds]
+            learned += [(f"original-{name}", name) for name in self.originals]
+            baselines = [("Adam", ("baseline", "Adam", self.adam_learning_rate))]
+            if self.tune:
+                configured = self.merged_flags("tuned_baselines").get("optimizers", ",".join(cli.BASELINES))
+                names = read_flagfile_list(configured)
+                baselines += [(f"{name}-tuned", ("baseline", name, None)) for name in names]
+            for seed in self.eval_seeds:
+                runs += [(problem, label, seed, ("learned", path)) for label, path in learned]
+                runs += [(problem, label, seed, what) for label, what in baselines]
+                if problem in self.guard_problems:
+                    runs += [(problem, f"{guard}-dm-t{self.train_seeds[0]}", seed, ("guard", guard))
+                             for guard in ("lgl2o", "gl2o")]
+        return runs
+
+    def planned_unrolls(self, experiment):
+        """(unrolls of 20 steps, is a lower bound): a curriculum's length depends on its validations, so for one the
+        count assumes every stage ends after its minimum number of validations."""
+        module = EXPERIMENTS[experiment][0]
+        values = {**ENTRY_DEFAULTS[module], **self.merged_flags(experiment)}
+        scale = module == "l2o_scale.metarun"
+        epochs = int(values["num_meta_iterations" if scale else "num_epochs"])
+        unroll = int(values.get("fix_unroll_length" if scale else "unroll_length", 20))
+        if values.get("if_cl", "false").lower() not in ("true", "1"):
+            return epochs * int(values["fix_num_steps" if scale else "num_steps"]) // unroll, False
+        from l2o_tf import curriculum
+        from l2o_tf import config as config_lib
+        default = "100 200 500 1000 1500 2000 2500 3000 3500 4000 4500 5000" if scale else " ".join(
+            map(str, curriculum.DEFAULT_SCHEDULE))
+        min_num_eval = int(values.get("min_num_eval", config_lib.TrainConfig.min_num_eval))
+        per_stage = int(values["evaluation_period"]) * min_num_eval
+        total = 0
+        for steps in curriculum.parse_schedule(values.get("num_steps_schedule", default)):
+            stage_epochs = min(epochs, per_stage)
+            total, epochs = total + stage_epochs * steps // unroll, epochs - stage_epochs
+        return total, True
+
+    def expected_seconds(self):
+        """(training, evaluation) seconds the plan should take on a 2-core CPU like ours, done parts included."""
+        training = sum(START_SECONDS["training"] + self.planned_unrolls(e)[0] * SECONDS_PER_UNROLL[EXPERIMENTS[e][0]]
+                       for e in self.experiments) * len(self.train_seeds)
+        evaluation = sum(START_SECONDS["evaluation"] + self.steps_on(problem) * SECONDS_PER_EVAL_STEP[
+            "conv" if problem in CONVOLUTIONAL else "mlp"] for problem, *_ in self.evaluations())
+        return training, evaluation
+
+    def announce_expected_time(self):
+        training, evaluation = self.expected_seconds()
+        lower_bound = any(self.planned_unrolls(e)[1] for e in self.experiments)
+        print(f"preset {self.preset}: expected {'at least ' if lower_bound else ''}"
+              f"{cli.format_duration(training + evaluation)} on a 2-core CPU like ours (training "
+              f"{cli.format_duration(training)}, evaluation {cli.format_duration(evaluation)}; tuning not counted)",
               flush=True)
-        results = tune_baselines.tune(problem, names, rates, seeds, steps, window, lambda optimizer, rate, loss: print(
-            f"   {optimizer} lr={rate:g}: final loss {loss:.4f}", flush=True))
-        tune_baselines.save(results, name, rates, seeds, steps, window, os.path.dirname(tuned_json(name)))
+
+    def print_plan(self):
+        self.announce_expected_time()
+        for experiment in self.experiments:
+            for seed in self.train_seeds:
+                done = os.path.exists(os.path.join(self.training_dir(experiment, seed), "DONE.json"))
+                print(("[done] " if done else "") + " ".join(self.training_command(experiment, seed)))
+        if self.tune:
+            for problem in self.problems:
+                print(("[done] " if os.path.exists(self.tuned_json(problem)) else "") + f"tune {problem}: "
+                      f"{' '.join(self.flagfiles('tuned_baselines'))}, {self.tuning_steps(problem)} steps")
+        for problem, label, seed, what in self.evaluations():
+            done = os.path.exists(self.record_path(problem, label, seed, record_optimizer(what)))
+            print(("[done] " if done else "") + f"evaluate {label} on {problem}, seed {seed}, "
+                  f"{self.steps_on(problem)} steps")
+
+    def tuning_steps(self, problem):
+        configured = int(self.merged_flags("tuned_baselines").get("num_steps", self.eval_steps))
+        return min(configured, self.steps_on(problem))
 
 
-def evaluate_problem(problem_name, base_problem):
-    """Every evaluation of the plan on one problem; finished ones are skipped."""
-    from l2o_tf import evaluate
-    from l2o_tf import guards
-    from l2o_tf import models
-    from l2o_tf import optimizers
-    from l2o_tf import tune_baselines
-    guard_settings = merged_flags("guards")
-    for _, label, seed, what in (run for run in evaluations() if run[0] == problem_name):
-        optimizer = record_optimizer(what)
-        path = record_path(problem_name, label, seed, optimizer)
-        if os.path.exists(path):
-            continue
-        problem, guard = base_problem, None
-        settings = {"label": label, "problem": problem_name}
-        print(f"== evaluate {label} on {problem_name}, seed {seed}", flush=True)
-        if what[0] == "learned":
-            rule = models.load(what[1])
-            settings["path"] = what[1]
-        elif what[0] == "baseline":
-            rate = what[2] or tune_baselines.tuned_learning_rate(tuned_json(problem_name), what[1], problem_name)
-            rule = optimizers.get(what[1].lower(), rate)
-            settings["learning_rate"] = rate
-        else:
-            rate = tune_baselines.tuned_learning_rate(tuned_json(problem_name), guard_settings.get(
-                "guard_optimizer", "SGD"), problem_name)
-            guard = {"guard": what[1], "guard_optimizer": guard_settings.get("guard_optimizer", "SGD").lower(),
-                     "guard_learning_rate": rate, "every": int(guard_settings.get("guard_every", 1)),
-                     "batch": guard_settings.get("guard_batch", "fresh")}
-            if what[1] == "gl2o":
-                guard["mu_update"] = guard_settings.get("guard_mu_update", "ema")
-            rule, problem = guards.guard_problem(problem, models.load(trained_model("dm", FLAGS.train_seeds[0])),
-                                                 int(seed), **guard)
-        evaluate.run_and_record(problem, rule, optimizer, eval_steps(problem_name), 1, int(seed),
-                                os.path.dirname(path), settings, guard=guard)
+    # -- running it ----------------------------------------------------------------------------------------------------
 
+    def train_all(self):
+        for experiment in self.experiments:
+            for seed in self.train_seeds:
+                directory = self.training_dir(experiment, seed)
+                marker = os.path.join(directory, "DONE.json")
+                if os.path.exists(marker):
+                    continue
+                command = self.training_command(experiment, seed)
+                print(f"== train {experiment} (seed {seed}): {' '.join(command)}", flush=True)
+                start = time.time()
+                code = run_child(command)
+                if code == 130:
+                    raise errors.Interrupted(f"training {experiment} was interrupted; run the same command again to "
+                                             "resume")
+                if code != 0:
+                    raise ReproduceError(f"training {experiment} (seed {seed}) failed with exit status {code}; its "
+                                         f"output is above, its directory {directory}")
+                from l2o_tf import fileio
+                fileio.atomic_write_bytes(marker, json.dumps(
+                    {"command": command, "wall_seconds": time.time() - start}).encode())
 
-def summarise():
-    """results.json (one entry per evaluation) and results.md (a table per problem: mean and std over seeds)."""
-    import numpy as np
-    from l2o_tf import fileio
-    from l2o_tf import plot
-    entries = []
-    for problem, label, seed, what in evaluations():
-        path = record_path(problem, label, seed, record_optimizer(what))
-        if not os.path.exists(path):
-            continue
-        losses = plot.read_losses(path)
-        ln = lambda window: float(np.log(window.mean())) if window.size else None  # noqa: E731
-        entries.append({"problem": problem, "label": label, "eval_seed": int(seed), "steps": int(losses.size),
-                        "ln_first100": ln(losses[:100]), "ln_500": ln(losses[450:550]),
-                        "ln_2000": ln(losses[1950:2050]), "ln_final": ln(losses[-FINAL_WINDOW:]),
-                        "finite": bool(np.all(np.isfinite(losses)))})
-    fileio.atomic_write_bytes(os.path.join(FLAGS.runs_dir, "results.json"), json.dumps(entries, indent=1).encode())
-    lines = [f"# Results of preset {FLAGS.preset}", "", "ln of the mean training loss over a window; mean ± std over "
-             "the evaluation seeds (and the training seeds, in the rows that say so); runs: how many.", ""]
-    for problem in FLAGS.problems:
-        rows = [e for e in entries if e["problem"] == problem]
-        if not rows:
-            continue
-        lines += [f"## {problem} ({rows[0]['steps']} steps)", "",
-                  "| optimizer | steps 1-100 | ~500 | ~2,000 | last 100 | runs |", "|---|---|---|---|---|---|"]
-        groups = {label: [label] for label in dict.fromkeys(e["label"] for e in rows)}
-        if len(FLAGS.train_seeds) > 1:  # and each experiment over its training seeds
-            groups.update({f"{e} (all training seeds)": [f"{e}-t{s}" for s in FLAGS.train_seeds]
-                           for e in FLAGS.experiments})
-        for label, members in groups.items():
-            runs = [e for e in rows if e["label"] in members]
-            if not runs:
+    def tune_all(self, problems):
+        from l2o_tf import tune_baselines
+        settings = self.merged_flags("tuned_baselines")
+        names = tune_baselines.parse_optimizers(settings.get("optimizers", ",".join(cli.BASELINES)))
+        rates = tune_baselines.parse_numbers("learning_rates", settings.get("learning_rates",
+                                                                            tune_baselines.DEFAULT_RATES), float)
+        seeds = tune_baselines.parse_numbers("seeds", settings.get("seeds", "0"), int)
+        window = int(settings.get("final_window", FINAL_WINDOW))
+        for name, problem in problems.items():
+            if os.path.exists(self.tuned_json(name)):
                 continue
-            cells = []
-            for key in ("ln_first100", "ln_500", "ln_2000", "ln_final"):
-                values = [e[key] for e in runs if e[key] is not None]
-                cells.append(f"{np.mean(values):.2f} ± {np.std(values):.2f}" if values else "–")
-            lines.append(f"| {label} | " + " | ".join(cells) + f" | {len(runs)} |")
-        lines.append("")
-    fileio.atomic_write_bytes(os.path.join(FLAGS.runs_dir, "results.md"), "\n".join(lines).encode())
-    print("\n".join(lines))
-    return entries
+            steps = self.tuning_steps(name)
+            print(f"== tune {', '.join(names)} on {name}: {len(rates)} rates x {len(seeds)} seeds x {steps} steps",
+                  flush=True)
+            def progress(optimizer, rate, loss):
+                print(f"   {optimizer} lr={rate:g}: final loss {loss:.4f}", flush=True)
+            results = tune_baselines.tune(problem, names, rates, seeds, steps, window, progress)
+            tune_baselines.save(results, name, rates, seeds, steps, window, os.path.dirname(self.tuned_json(name)))
 
+    def evaluate_problem(self, problem_name, base_problem):
+        """Every evaluation of the plan on one problem; finished ones are skipped."""
+        from l2o_tf import evaluate
+        from l2o_tf import guards
+        from l2o_tf import models
+        from l2o_tf import optimizers
+        from l2o_tf import tune_baselines
+        guard_settings = self.merged_flags("guards")
+        for _, label, seed, what in (run for run in self.evaluations() if run[0] == problem_name):
+            optimizer = record_optimizer(what)
+            path = self.record_path(problem_name, label, seed, optimizer)
+            if os.path.exists(path):
+                continue
+            problem, guard = base_problem, None
+            settings = {"label": label, "problem": problem_name}
+            print(f"== evaluate {label} on {problem_name}, seed {seed}", flush=True)
+            if what[0] == "learned":
+                rule = models.load(what[1])
+                settings["path"] = what[1]
+            elif what[0] == "baseline":
+                rate = what[2] or tune_baselines.tuned_learning_rate(self.tuned_json(problem_name), what[1],
+                                                                     problem_name)
+                rule = optimizers.get(what[1].lower(), rate)
+                settings["learning_rate"] = rate
+            else:
+                rate = tune_baselines.tuned_learning_rate(self.tuned_json(problem_name), guard_settings.get(
+                    "guard_optimizer", "SGD"), problem_name)
+                guard = {"guard": what[1], "guard_optimizer": guard_settings.get("guard_optimizer", "SGD").lower(),
+                         "guard_learning_rate": rate, "every": int(guard_settings.get("guard_every", 1)),
+                         "batch": guard_settings.get("guard_batch", "fresh")}
+                if what[1] == "gl2o":
+                    guard["mu_update"] = guard_settings.get("guard_mu_update", "ema")
+                learned = models.load(self.trained_model("dm", self.train_seeds[0]))
+                rule, problem = guards.guard_problem(problem, learned, int(seed), **guard)
+            evaluate.run_and_record(problem, rule, optimizer, self.steps_on(problem_name), 1, int(seed),
+                                    os.path.dirname(path), settings, guard=guard)
 
-def draw_figures():
-    """Per problem: the DM family with Adam (the paper's Fig. 2/3 kind), every learned optimizer with the tuned
-    baselines (Fig. 7), and the guards where run."""
-    from l2o_tf import plot
-    groups = {"dm": lambda label: label.startswith("dm") or label == "Adam",
-              "all": lambda label: "-t" in label or label.endswith("-tuned") or label == "Adam",
-              "guards": lambda label: label.startswith(("lgl2o", "gl2o", "dm-t")) or label == "SGD-tuned"}
-    for problem in FLAGS.problems:
-        for group, wanted in groups.items():
-            series = {}
-            for _, label, seed, what in (r for r in evaluations() if r[0] == problem):
-                path = record_path(problem, label, seed, record_optimizer(what))
-                if wanted(label) and os.path.exists(path):
-                    series.setdefault(label, []).append(path)
-            if len(series) > 1 and (group != "guards" or problem in FLAGS.guard_problems):
-                output = os.path.join(FLAGS.runs_dir, "figures", f"{problem}_{group}.png")
-                plot.plot(plot.curves(list(series.items()), 50), output, f"{problem}: {group}")
-                print(f"wrote {output}")
+    def summarise(self):
+        """results.json (one entry per evaluation) and results.md (a table per problem: mean and std over seeds)."""
+        import numpy as np
+        from l2o_tf import fileio
+        from l2o_tf import plot
+        entries = []
+        for problem, label, seed, what in self.evaluations():
+            path = self.record_path(problem, label, seed, record_optimizer(what))
+            if not os.path.exists(path):
+                continue
+            losses = plot.read_losses(path)
+            ln = lambda window: float(np.log(window.mean())) if window.size else None  # noqa: E731
+            entries.append({"problem": problem, "label": label, "eval_seed": int(seed), "steps": int(losses.size),
+                            "ln_first100": ln(losses[:100]), "ln_500": ln(losses[450:550]),
+                            "ln_2000": ln(losses[1950:2050]), "ln_final": ln(losses[-FINAL_WINDOW:]),
+                            "finite": bool(np.all(np.isfinite(losses)))})
+        fileio.atomic_write_bytes(os.path.join(self.runs_dir, "results.json"), json.dumps(entries, indent=1).encode())
+        lines = [f"# Results of preset {self.preset}", "", "ln of the mean training loss over a window; mean ± std "
+                 "over the evaluation seeds (and the training seeds, in the rows that say so); runs: how many.", ""]
+        for problem in self.problems:
+            rows = [e for e in entries if e["problem"] == problem]
+            if not rows:
+                continue
+            lines += [f"## {problem} ({rows[0]['steps']} steps)", "",
+                      "| optimizer | steps 1-100 | ~500 | ~2,000 | last 100 | runs |", "|---|---|---|---|---|---|"]
+            groups = {label: [label] for label in dict.fromkeys(e["label"] for e in rows)}
+            if len(self.train_seeds) > 1:  # and each experiment over its training seeds
+                groups.update({f"{e} (all training seeds)": [f"{e}-t{s}" for s in self.train_seeds]
+                               for e in self.experiments})
+            for label, members in groups.items():
+                runs = [e for e in rows if e["label"] in members]
+                if not runs:
+                    continue
+                cells = []
+                for key in ("ln_first100", "ln_500", "ln_2000", "ln_final"):
+                    values = [e[key] for e in runs if e[key] is not None]
+                    cells.append(f"{np.mean(values):.2f} ± {np.std(values):.2f}" if values else "–")
+                lines.append(f"| {label} | " + " | ".join(cells) + f" | {len(runs)} |")
+            lines.append("")
+        fileio.atomic_write_bytes(os.path.join(self.runs_dir, "results.md"), "\n".join(lines).encode())
+        print("\n".join(lines))
+        return entries
+
+    def draw_figures(self):
+        """Per problem: the DM family with Adam (the paper's Fig. 2/3 kind), every learned optimizer with the tuned
+        baselines (Fig. 7), and the guards where run."""
+        from l2o_tf import plot
+        groups = {"dm": lambda label: label.startswith("dm") or label == "Adam",
+                  "all": lambda label: "-t" in label or label.endswith("-tuned") or label == "Adam",
+                  "guards": lambda label: label.startswith(("lgl2o", "gl2o", "dm-t")) or label == "SGD-tuned"}
+        for problem in self.problems:
+            for group, wanted in groups.items():
+                series = {}
+                for _, label, seed, what in (r for r in self.evaluations() if r[0] == problem):
+                    path = self.record_path(problem, label, seed, record_optimizer(what))
+                    if wanted(label) and os.path.exists(path):
+                        series.setdefault(label, []).append(path)
+                if len(series) > 1 and (group != "guards" or problem in self.guard_problems):
+                    output = os.path.join(self.runs_dir, "figures", f"{problem}_{group}.png")
+                    plot.plot(plot.curves(list(series.items()), 50), output, f"{problem}: {group}")
+                    print(f"wrote {output}")
+
+    def run(self):
+        """Train, tune, evaluate, collect, draw: everything not done yet."""
+        from l2o_tf import plot
+        plot.require_matplotlib()  # fail now, not hours from now
+        self.announce_expected_time()
+        start = time.time()
+        self.train_all()
+        from l2o_tf import problems as problem_module
+        problems = {name: problem_module.get(name, mode="test", data_dir=self.data_dir, download=self.download)
+                    for name in self.problems}
+        try:
+            for name, problem in problems.items():  # a problem at a time, so that results come problem by problem
+                if self.tune:
+                    self.tune_all({name: problem})
+                self.evaluate_problem(name, problem)
+        except KeyboardInterrupt:
+            raise errors.Interrupted("interrupted; run the same command again to continue (every finished tuning "
+                                     "and evaluation is kept)") from None
+        self.report()
+        print(f"preset {self.preset} finished in {cli.format_duration(time.time() - start)} (this invocation); "
+              f"results in {self.runs_dir}/results.json and results.md")
+
+    def report(self):
+        from l2o_tf import plot
+        plot.require_matplotlib()
+        self.summarise()
+        self.draw_figures()
 
 
 def check_or_print_plan():
     """The fast checks; with --dry_run, the plan, and exit before TensorFlow loads."""
-    check_flags()
-    if FLAGS.dry_run:
-        print_plan()
+    plan = Plan.from_flags()
+    plan.check()
+    if plan.dry_run:
+        plan.print_plan()
         sys.exit(0)
 
 
 def main():
-    from l2o_tf import plot
-    plot.require_matplotlib()  # fail now, not hours from now
+    plan = Plan.from_flags()
     if FLAGS.report:
-        summarise()
-        draw_figures()
-        return
-    announce_expected_time()
-    start = time.time()
-    train_all()
-    from l2o_tf import problems as problem_module
-    problems = {name: problem_module.get(name, mode="test", data_dir=FLAGS.data_dir, download=FLAGS.download)
-                for name in FLAGS.problems}
-    try:
-        for name, problem in problems.items():  # a problem at a time, so that results come problem by problem
-            if FLAGS.tune:
-                tune_all({name: problem})
-            evaluate_problem(name, problem)
-    except KeyboardInterrupt:
-        raise errors.Interrupted("interrupted; run the same command again to continue (every finished tuning and "
-                                 "evaluation is kept)") from None
-    summarise()
-    draw_figures()
-    print(f"preset {FLAGS.preset} finished in {cli.format_duration(time.time() - start)} (this invocation); "
-          f"results in {FLAGS.runs_dir}/results.json and results.md")
+        plan.report()
+    else:
+        plan.run()
 
 
 if __name__ == "__main__":

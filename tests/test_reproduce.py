@@ -177,28 +177,17 @@ def test_ctrl_c_during_training_saves_and_says_how_to_resume(tmp_path, new_user_
     assert not os.path.exists(runs / "train" / "dm" / "seed1" / "DONE.json")
 
 
-_SUMMARISE = """
-import os, sys
-import numpy as np
-from absl import flags
-from l2o_tf import reproduce
-reproduce.define_flags()
-flags.FLAGS(["reproduce"] + sys.argv[1:])
-for seed, value in ((1, 0.5), (2, 0.25)):
-    for eval_seed in (2, 3):
-        path = reproduce.record_path("mnist", f"dm-t{seed}", eval_seed, "L2L")
-        os.makedirs(os.path.dirname(path))
-        np.savez(path, losses=np.full(600, value * eval_seed, np.float32))
-reproduce.summarise()
-"""
-
-
 def test_results_table_per_training_seed_and_over_them(tmp_path):
     """Each trained optimizer's row over the evaluation seeds, and the experiment's over all its runs."""
-    result = subprocess.run([sys.executable, "-c", _SUMMARISE, "--preset=short", f"--runs_dir={tmp_path}",
-                             "--experiments=dm", "--train_seeds=1,2", "--problems=mnist", "--eval_seeds=2,3",
-                             "--tune=false"], capture_output=True, text=True, cwd=REPO)
-    assert result.returncode == 0, result.stderr
+    from l2o_tf import reproduce
+    plan = reproduce.Plan(preset="short", runs_dir=str(tmp_path), experiments=["dm"], train_seeds=[1, 2],
+                          problems=["mnist"], eval_seeds=[2, 3], tune=False)
+    for seed, value in ((1, 0.5), (2, 0.25)):
+        for eval_seed in (2, 3):
+            path = plan.record_path("mnist", f"dm-t{seed}", eval_seed, "L2L")
+            os.makedirs(os.path.dirname(path))
+            np.savez(path, losses=np.full(600, value * eval_seed, np.float32))
+    plan.summarise()
     table = (tmp_path / "results.md").read_text()
     one = np.log([1.0, 1.5])        # dm-t1: losses 0.5 x eval seed
     both = np.log([1.0, 1.5, 0.5, 0.75])
