@@ -136,6 +136,40 @@ def define_training_flags(evaluation_period, mt_ratios, rnnprop=False):
     define_data_flags()
 
 
+def define_reproduce_flags(defaults, presets, experiments):
+    """`run_all.sh`'s flags (l2o_tf.reproduce), with the defaults of its `Plan`."""
+    flags.DEFINE_string("preset", defaults["preset"], f"One of {', '.join(presets)}: names configs/<preset>/ (the "
+                        "preset's overrides of the paper's values); run_all.sh passes configs/presets/<preset>.flags.")
+    flags.DEFINE_string("runs_dir", defaults["runs_dir"], "Where every run's outputs go (default runs/<preset>).")
+    flags.DEFINE_string("configs_dir", defaults["configs_dir"], "The experiments' flagfiles.")
+    flags.DEFINE_list("experiments", defaults["experiments"], "Experiments to train: some of "
+                      f"{', '.join(experiments)}.")
+    flags.DEFINE_list("train_seeds", defaults["train_seeds"], "Training seeds: every experiment is trained once per "
+                      "seed.")
+    flags.DEFINE_list("originals", defaults["originals"], "Shipped original models to evaluate beside ours "
+                      "(l2o_tf.models.SHIPPED).")
+    flags.DEFINE_list("problems", defaults["problems"], "Problems to evaluate on (CIFAR ones need the data).")
+    flags.DEFINE_integer("eval_steps", defaults["eval_steps"], "Optimizee steps of every evaluation.")
+    flags.DEFINE_integer("conv_eval_steps", defaults["conv_eval_steps"], "Steps on convolutional problems (default "
+                         "--eval_steps).")
+    flags.DEFINE_list("eval_seeds", defaults["eval_seeds"], "Evaluation seeds (the original evaluates with seed 2).")
+    flags.DEFINE_float("adam_learning_rate", defaults["adam_learning_rate"], "Adam's rate beside the learned "
+                       "optimizers (the README's).")
+    flags.DEFINE_bool("tune", defaults["tune"], "Tune the baselines (configs/tuned_baselines.flags) on every problem "
+                      "and evaluate them at their chosen rates.")
+    flags.DEFINE_list("guard_problems", defaults["guard_problems"], "Problems on which LGL2O and GL2O guard our "
+                      "trained dm (configs/guards.flags; SGD at its tuned rate).")
+    flags.DEFINE_bool("dry_run", defaults["dry_run"], "Print the plan (and what is done already) and exit.")
+    flags.DEFINE_bool("report", defaults["report"], "Only collect results.json / results.md and draw the figures "
+                      "from the runs finished so far (nothing is trained or evaluated).")
+    define_data_flags()
+
+
+def flag_values(names):
+    """{name: value} of the flags `names`: an entry point's settings for a library object."""
+    return {name: FLAGS[name].value for name in names}
+
+
 def cell_flags():
     """The learned optimizer's config flags this entry point defines (RNNprop's --beta1, --beta2)."""
     return {name: FLAGS[name].value for name in ("beta1", "beta2") if name in FLAGS}

@@ -16,12 +16,9 @@ import subprocess
 import sys
 import time
 
-from absl import flags
-
 from l2o_tf import cli
 from l2o_tf import errors
 
-FLAGS = flags.FLAGS
 PRESETS = ("smoke", "short", "paper")
 # experiment -> (entry point, its flag naming the output directory, the trained model inside that directory)
 EXPERIMENTS = {
@@ -47,33 +44,6 @@ class ReproduceError(errors.UsageError):
     """A plan that cannot run: an unknown name, a missing config file, a failed step."""
 
 
-def define_flags():
-    listed = {"module_name": cli.__name__}
-    flags.DEFINE_string("preset", None, f"One of {', '.join(PRESETS)}: names configs/<preset>/ (the preset's "
-                        "overrides of the paper's values); run_all.sh passes configs/presets/<preset>.flags.", **listed)
-    flags.DEFINE_string("runs_dir", None, "Where every run's outputs go (default runs/<preset>).", **listed)
-    flags.DEFINE_string("configs_dir", "configs", "The experiments' flagfiles.", **listed)
-    flags.DEFINE_list("experiments", [], f"Experiments to train: some of {', '.join(EXPERIMENTS)}.", **listed)
-    flags.DEFINE_list("train_seeds", ["1"], "Training seeds: every experiment is trained once per seed.", **listed)
-    flags.DEFINE_list("originals", [], "Shipped original models to evaluate beside ours (l2o_tf.models.SHIPPED).",
-                      **listed)
-    flags.DEFINE_list("problems", ["mnist"], "Problems to evaluate on (CIFAR ones need the data).", **listed)
-    flags.DEFINE_integer("eval_steps", 10000, "Optimizee steps of every evaluation.", **listed)
-    flags.DEFINE_integer("conv_eval_steps", None, "Steps on convolutional problems (default --eval_steps).",
-                         **listed)
-    flags.DEFINE_list("eval_seeds", ["2"], "Evaluation seeds (the original evaluates with seed 2).", **listed)
-    flags.DEFINE_float("adam_learning_rate", 0.01, "Adam's rate beside the learned optimizers (the README's).",
-                       **listed)
-    flags.DEFINE_bool("tune", True, "Tune the baselines (configs/tuned_baselines.flags) on every problem and "
-                      "evaluate them at their chosen rates.", **listed)
-    flags.DEFINE_list("guard_problems", [], "Problems on which LGL2O and GL2O guard our trained dm (configs/"
-                      "guards.flags; SGD at its tuned rate).", **listed)
-    flags.DEFINE_bool("dry_run", False, "Print the plan (and what is done already) and exit.", **listed)
-    flags.DEFINE_bool("report", False, "Only collect results.json / results.md and draw the figures from the runs "
-                      "finished so far (nothing is trained or evaluated).", **listed)
-    cli.define_data_flags()
-
-
 # -- the plan (no TensorFlow) --------------------------------------------------------------------------------------
 
 def read_flagfile(path):
@@ -89,10 +59,6 @@ def read_flagfile(path):
             name, sep, value = line[2:].partition("=")
             values[name] = value if sep else "true"
     return values
-
-
-def read_flagfile_list(text):
-    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def record_optimizer(what):
@@ -115,30 +81,24 @@ def run_child(command):
 
 
 class Plan:
-    """What `run_all.sh` runs: the settings of `--help`, as attributes (`Plan.from_flags()` reads the flags)."""
+    """What `run_all.sh` runs: its settings (the flags of `--help`, same names) as attributes, and the work."""
 
-    SETTINGS = ("preset", "runs_dir", "configs_dir", "experiments", "train_seeds", "originals", "problems",
-                "eval_steps", "conv_eval_steps", "eval_seeds", "adam_learning_rate", "tune", "guard_problems",
-                "data_dir", "download", "dry_run")
+    # the settings and their defaults; `run_all.sh`'s flags have the same names (l2o_tf.cli)
+    DEFAULTS = {"preset": None, "runs_dir": None, "configs_dir": "configs", "experiments": [], "train_seeds": ["1"],
+                "originals": [], "problems": ["mnist"], "eval_steps": 10000, "conv_eval_steps": None,
+                "eval_seeds": ["2"], "adam_learning_rate": 0.01, "tune": True, "guard_problems": [],
+                "data_dir": None, "download": False, "dry_run": False, "report": False}
 
     def __init__(self, **settings):
-        unknown = set(settings) - set(self.SETTINGS)
+        unknown = set(settings) - set(self.DEFAULTS)
         if unknown:
             raise TypeError(f"unknown settings {sorted(unknown)}")
-        defaults = {"preset": None, "runs_dir": None, "configs_dir": "configs", "experiments": [], "train_seeds": ["1"],
-                    "originals": [], "problems": ["mnist"], "eval_steps": 10000, "conv_eval_steps": None,
-                    "eval_seeds": ["2"], "adam_learning_rate": 0.01, "tune": True, "guard_problems": [],
-                    "data_dir": None, "download": False, "dry_run": False}
-        for name, value in {**defaults, **settings}.items():
+        for name, value in {**self.DEFAULTS, **settings}.items():
             setattr(self, name, value)
         self.train_seeds = [str(s) for s in self.train_seeds]
         self.eval_seeds = [str(s) for s in self.eval_seeds]
         if self.preset in PRESETS:
             self.runs_dir = self.runs_dir or os.path.join("runs", self.preset)
-
-    @classmethod
-    def from_flags(cls):
-        return cls(**{name: FLAGS[name].value for name in cls.SETTINGS})
 
     def flagfiles(self, name):
         """The paper's flagfile of `name` and, when the preset has one, its overrides."""
@@ -216,7 +176,8 @@ class Plan:
             baselines = [("Adam", ("baseline", "Adam", self.adam_learning_rate))]
             if self.tune:
                 configured = self.merged_flags("tuned_baselines").get("optimizers", ",".join(cli.BASELINES))
-                names = read_flagfile_list(configured)
+                from l2o_tf import tune_baselines
+                names = tune_baselines.parse_optimizers(configured)
                 baselines += [(f"{name}-tuned", ("baseline", name, None)) for name in names]
             for seed in self.eval_seeds:
                 runs += [(problem, label, seed, ("learned", path)) for label, path in learned]
@@ -443,34 +404,33 @@ class Plan:
         except KeyboardInterrupt:
             raise errors.Interrupted("interrupted; run the same command again to continue (every finished tuning "
                                      "and evaluation is kept)") from None
-        self.report()
+        self.report_results()
         print(f"preset {self.preset} finished in {cli.format_duration(time.time() - start)} (this invocation); "
               f"results in {self.runs_dir}/results.json and results.md")
 
-    def report(self):
+    def report_results(self):
         from l2o_tf import plot
         plot.require_matplotlib()
         self.summarise()
         self.draw_figures()
 
 
-def check_or_print_plan():
+def check_or_print_plan(plan):
     """The fast checks; with --dry_run, the plan, and exit before TensorFlow loads."""
-    plan = Plan.from_flags()
     plan.check()
     if plan.dry_run:
         plan.print_plan()
         sys.exit(0)
 
 
-def main():
-    plan = Plan.from_flags()
-    if FLAGS.report:
-        plan.report()
+def main(plan):
+    if plan.report:
+        plan.report_results()
     else:
         plan.run()
 
 
 if __name__ == "__main__":
-    define_flags()
-    cli.run(main, check=check_or_print_plan)
+    cli.define_reproduce_flags(Plan.DEFAULTS, PRESETS, EXPERIMENTS)
+    cli.run(lambda: main(Plan(**cli.flag_values(Plan.DEFAULTS))),
+            check=lambda: check_or_print_plan(Plan(**cli.flag_values(Plan.DEFAULTS))))

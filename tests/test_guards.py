@@ -1,8 +1,4 @@
 """LGL2O and GL2O: exact checks on problems where the right choice is known, against numpy re-computations."""
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -12,6 +8,8 @@ from l2o_tf import meta
 from l2o_tf import optimizers
 from l2o_tf import problems
 from l2o_tf import rules
+
+from conftest import run_module
 
 
 class FactorRule(rules.UpdateRule):
@@ -233,19 +231,11 @@ def test_runner_records_every_choice():
     assert plain == []
 
 
-def run_evaluate(*flags):
-    env = {**os.environ, "TFDS_DATA_DIR": os.devnull}
-    env.pop("L2O_DATA_DIR", None)
-    result = subprocess.run([sys.executable, "-m", "l2o_tf.evaluate_dm", *flags], capture_output=True, text=True,
-                            timeout=300, env=env)
-    return result.returncode, result.stdout + result.stderr
-
-
-def test_evaluate_with_a_guard_records_the_choices_and_equals_the_library_run(tmp_path):
+def test_evaluate_with_a_guard_records_the_choices_and_equals_the_library_run(tmp_path, new_user_env):
     from l2o_tf import datasets, evaluate, models
-    code, output = run_evaluate(f"--path={models.shipped_path('dm')}", "--problem=mnist", "--num_steps=40",
-                                "--seed=5", f"--output_path={tmp_path}", "--guard=lgl2o", "--guard_learning_rate=1",
-                                "--guard_batch=own")
+    code, output = run_module("l2o_tf.evaluate_dm", new_user_env, f"--path={models.shipped_path('dm')}",
+                              "--problem=mnist", "--num_steps=40", "--seed=5", f"--output_path={tmp_path}",
+                              "--guard=lgl2o", "--guard_learning_rate=1", "--guard_batch=own")
     assert code == 0, output
     assert "Guard lgl2o: learned step taken at" in output and "2 extra loss" in output
     with np.load(tmp_path / "L2L_eval_loss_record.pickle-mnist.npz") as data:
@@ -267,8 +257,8 @@ def test_evaluate_with_a_guard_records_the_choices_and_equals_the_library_run(tm
     (["--guard=gl2o", "--guard_learning_rate=1", "--guard_mu_update=median"], "unknown --guard_mu_update"),
     (["--guard=lgl2o", "--guard_learning_rate=tuned:/no/such.json"], "no such tuned-rates file"),
 ])
-def test_bad_guard_flags_are_one_line_errors(flags, message):
+def test_bad_guard_flags_are_one_line_errors(flags, message, new_user_env):
     from l2o_tf import models
-    code, output = run_evaluate(f"--path={models.shipped_path('dm')}", *flags)
+    code, output = run_module("l2o_tf.evaluate_dm", new_user_env, f"--path={models.shipped_path('dm')}", *flags)
     lines = [line for line in output.strip().splitlines() if line.startswith("error:")]
     assert code == 2 and len(lines) == 1 and message in lines[0], output

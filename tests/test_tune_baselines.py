@@ -1,9 +1,6 @@
 """tune_baselines: the choice against runs of the evaluation harness, the tuned-rate file, the entry point."""
 import json
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,6 +10,8 @@ from l2o_tf import evaluate
 from l2o_tf import optimizers
 from l2o_tf import problems
 from l2o_tf import tune_baselines
+
+from conftest import run_module
 
 
 def test_final_loss_is_the_window_mean_and_a_diverged_run_never_wins():
@@ -60,17 +59,10 @@ def test_tuned_learning_rate_file(tmp_path):
         tune_baselines.tuned_learning_rate(str(tmp_path / "bad.json"), "sgd")
 
 
-def run(*flags):
-    env = {**os.environ, "TFDS_DATA_DIR": os.devnull}
-    env.pop("L2O_DATA_DIR", None)
-    result = subprocess.run([sys.executable, "-m", "l2o_tf.tune_baselines", *flags], capture_output=True, text=True,
-                            timeout=300, env=env)
-    return result.returncode, result.stdout + result.stderr
-
-
-def test_entry_point_writes_the_rates_and_records(tmp_path):
-    code, output = run("--problem=quadratic", "--optimizers=Adam", "--learning_rates=0.001,0.01", "--seeds=3",
-                       "--num_steps=20", "--final_window=5", f"--output_path={tmp_path}")
+def test_entry_point_writes_the_rates_and_records(tmp_path, new_user_env):
+    code, output = run_module("l2o_tf.tune_baselines", new_user_env, "--problem=quadratic", "--optimizers=Adam",
+                              "--learning_rates=0.001,0.01", "--seeds=3", "--num_steps=20", "--final_window=5",
+                              f"--output_path={tmp_path}")
     assert code == 0, output
     with open(tmp_path / "tuned_quadratic.json") as f:
         report = json.load(f)
@@ -88,14 +80,14 @@ def test_entry_point_writes_the_rates_and_records(tmp_path):
     ("--num_steps=0", "--num_steps must be positive"),
     ("--problem=mnist_huge", "unknown --problem"),
 ])
-def test_bad_flags_are_one_line_errors(flag, message):
-    code, output = run(flag)
+def test_bad_flags_are_one_line_errors(flag, message, new_user_env):
+    code, output = run_module("l2o_tf.tune_baselines", new_user_env, flag)
     lines = [line for line in output.strip().splitlines() if line.startswith("error:")]
     assert code == 2 and len(lines) == 1 and message in lines[0], output
 
 
-def test_help_lists_the_flags():
-    code, output = run("--help")
+def test_help_lists_the_flags(new_user_env):
+    code, output = run_module("l2o_tf.tune_baselines", new_user_env, "--help")
     assert code == 0
     for flag in ("--optimizers", "--learning_rates", "--seeds", "--num_steps", "--final_window", "--problem"):
         assert flag in output
