@@ -5,9 +5,9 @@ before paying for TensorFlow's import.
 """
 import importlib
 
-_SUBMODULES = ("config", "curriculum", "datasets", "errors", "evaluate", "fileio", "guards", "imitation",
-               "keras_optimizer", "keras_step", "meta", "models", "networks", "optimizers", "original_pickle",
-               "problems", "rules", "self_improving", "training")
+_SUBMODULES = ("config", "curriculum", "datasets", "distribute", "errors", "evaluate", "fileio", "guards",
+               "imitation", "keras_optimizer", "keras_step", "meta", "models", "networks", "optimizers",
+               "original_pickle", "problems", "rules", "seeding", "self_improving", "training")
 # public names defined in a submodule: name -> module
 _EXPORTS = {"load": "models", "LearnedOptimizer": "keras_optimizer", "GuardedModel": "keras_optimizer"}
 

@@ -167,44 +167,119 @@ class Runner:
 
     def run(self, trajectory, num_steps, chunk=None, callback=None):
         """Returns (trajectory, float32 numpy losses of length num_steps); `callback(done, losses)` after each chunk."""
-        chunk = int(chunk or num_steps)
-        pieces, done = [], 0
-        while done < num_steps:
-            size = min(chunk, num_steps - done)
+        def steps(size):
+            nonlocal trajectory
             params, state, losses, records = self._run(trajectory, tf.constant(size))
             trajectory = trajectory._replace(params=params, state=state)
-            pieces.append(losses.numpy())
             if self.records is not None:
                 self.records.extend(records.numpy().tolist())
-            done += size
-            if callback is not None:
-                callback(done, np.concatenate(pieces))
-        return trajectory, np.concatenate(pieces) if pieces else np.zeros([0], np.float32)
+            return losses.numpy()[None]
+
+        losses = _in_chunks(steps, num_steps, chunk, callback and (lambda done, losses: callback(done, losses[0])))
+        return trajectory, losses[0]
 
     def final_loss(self, trajectory, num_steps):
         """f(x_N) on a fresh minibatch after `num_steps` steps: the original's in-training validation value."""
         return float(self._final(trajectory, tf.constant(int(num_steps))))
 
-    def _step(self, params, state, constants, scale):
-        loss, gradients = loss_and_gradient(self.problem, params, constants, scale, self.rng)
-        deltas, state = self.rule.step(gradients, state, loss)
-        return add(params, deltas), state
-
     def _loop(self, trajectory, num_steps):
-        params, state, constants, scale = trajectory
-        params = list(params)
-        losses = tf.TensorArray(tf.float32, size=num_steps)
-        records = tf.TensorArray(tf.float32, size=num_steps if self.records is not None else 0, element_shape=[])
-        for i in tf.range(num_steps):
-            params, state = self._step(params, state, constants, scale)
-            losses = losses.write(i, self.problem.loss(scaled(params, scale), constants, self.rng))
-            if self.records is not None:
-                records = records.write(i, tf.cast(self.rule.record(state), tf.float32))
-        return params, state, losses.stack(), records.stack()
+        params, states, losses, records = _run_steps([(self.problem, self.rule, self.rng)], False, [trajectory],
+                                                     [trajectory.state], num_steps, self.records is not None)
+        return params[0], states[0], losses[:, 0], records[:, 0]
 
     def _final_loss_loop(self, trajectory, num_steps):
         params, state, constants, scale = trajectory
         params = list(params)
         for _ in tf.range(num_steps):
-            params, state = self._step(params, state, constants, scale)
+            loss, gradients = loss_and_gradient(self.problem, params, constants, scale, self.rng)
+            deltas, state = self.rule.step(gradients, state, loss)
+            params = add(params, deltas)
         return self.problem.loss(scaled(params, scale), constants, self.rng)
+
+
+class Runs:
+    """Several fresh runs stepped together in one compiled loop: one optimizer over several seeds (or any mix of
+    rules and problems), each run with its own generator, so run k's numbers are those of `Runner` with `lanes[k]`.
+
+    `lanes`: one (problem, rule, rng) per run. When every run has the same coordinate-wise rule (a learned
+    L2O-DM/RNNprop cell, a baseline), the rule steps once on all runs' coordinates: one larger matrix product per
+    step instead of one per run (bench/README.md has the speed-up). Otherwise every run steps its own rule in the same
+    loop (a guard: each seed's guard has its own objective).
+    """
+
+    def __init__(self, lanes, record=False):
+        self.lanes = list(lanes)
+        first_rule = self.lanes[0][1]
+        self.merged = (len(self.lanes) > 1 and isinstance(first_rule, rules.CoordinatewiseRule)
+                       and all(rule is first_rule for _, rule, _ in self.lanes))
+        self.record = bool(record) and all(hasattr(rule, "record") for _, rule, _ in self.lanes)
+        self.trajectories = [new_trajectory(problem, rule, rng) for problem, rule, rng in self.lanes]
+        if self.merged:
+            self.states = [first_rule.initial_state([p for t in self.trajectories for p in t.params])]
+        else:
+            self.states = [t.state for t in self.trajectories]
+        jit = not any(problem.is_convolutional for problem, _, _ in self.lanes)
+        self._run = tf.function(self._loop, jit_compile=jit, reduce_retracing=True)
+        self.records = [] if self.record else None
+
+    def run(self, num_steps, chunk=None, callback=None):
+        """The next `num_steps` losses of every run, numpy float32 [runs, num_steps]; `callback(done, losses)` after
+        each chunk. The runs' per-step records (a guard's choices) accumulate in `self.records`, one row per step."""
+        def steps(size):
+            params, self.states, losses, records = self._run(self.trajectories, self.states, tf.constant(size))
+            self.trajectories = [t._replace(params=p) for t, p in zip(self.trajectories, params)]
+            if self.record:
+                self.records.extend(records.numpy().tolist())
+            return losses.numpy().T
+
+        return _in_chunks(steps, num_steps, chunk, callback)
+
+    def _loop(self, trajectories, states, num_steps):
+        return _run_steps(self.lanes, self.merged, trajectories, states, num_steps, self.record)
+
+
+def _in_chunks(steps, num_steps, chunk, callback):
+    """Concatenate `steps(size)` ([runs, size] arrays) over chunks of `chunk` steps, calling `callback(done,
+    losses so far)` after each."""
+    chunk, pieces, done = int(chunk or num_steps), [], 0
+    while done < num_steps:
+        size = min(chunk, num_steps - done)
+        pieces.append(steps(size))
+        done += size
+        if callback is not None:
+            callback(done, np.concatenate(pieces, axis=1))
+    return np.concatenate(pieces, axis=1) if pieces else np.zeros([1, 0], np.float32)
+
+
+def _run_steps(lanes, merged, trajectories, states, num_steps, record):
+    """`num_steps` steps of every lane's trajectory, in a compiled loop: (params per lane, states, losses
+    [num_steps, lanes], rule records [num_steps, lanes]). `states` is one per lane, or with `merged` the one state of
+    the rule all lanes share, stepped once on all their gradients (each lane's loss comes from its own generator,
+    in the same order as alone)."""
+    params = [list(t.params) for t in trajectories]
+    losses = tf.TensorArray(tf.float32, size=num_steps, element_shape=[len(lanes)])
+    records = tf.TensorArray(tf.float32, size=num_steps if record else 0, element_shape=[len(lanes)])
+    for i in tf.range(num_steps):
+        step = [loss_and_gradient(problem, p, t.constants, t.scale, rng)
+                for (problem, _, rng), p, t in zip(lanes, params, trajectories)]
+        if merged:
+            gradients = [g for _, lane_gradients in step for g in lane_gradients]
+            all_deltas, state = lanes[0][1].step(gradients, states[0])
+            states, deltas, start = [state], [], 0
+            for p in params:
+                deltas.append(all_deltas[start:start + len(p)])
+                start += len(p)
+        else:
+            deltas, stepped = [], []
+            for (_, rule, _), (loss, gradients), state in zip(lanes, step, states):
+                lane_deltas, state = rule.step(gradients, state, loss)
+                deltas.append(lane_deltas)
+                stepped.append(state)
+            states = stepped
+        params = [add(p, d) for p, d in zip(params, deltas)]
+        losses = losses.write(i, tf.stack([problem.loss(scaled(p, t.scale), t.constants, rng)
+                                           for (problem, _, rng), p, t in zip(lanes, params, trajectories)]))
+        if record:
+            records = records.write(i, tf.stack([tf.cast(rule.record(state), tf.float32)
+                                                 for (_, rule, _), state in zip(lanes, states)]))
+    return params, states, losses.stack(), records.stack()

@@ -288,41 +288,46 @@ class Plan:
             tune_baselines.save(results, name, rates, seeds, steps, window, os.path.dirname(self.tuned_json(name)))
 
     def evaluate_problem(self, problem_name, base_problem):
-        """Every evaluation of the plan on one problem; finished ones are skipped."""
+        """Every evaluation of the plan on one problem, the seeds of each optimizer in one compiled run
+        (`evaluate.run_and_record_seeds`); finished ones are skipped."""
         from l2o_tf import evaluate
+        pending = {}  # (label, what) -> the seeds still to run, in plan order
+        for _, label, seed, what in (run for run in self.evaluations() if run[0] == problem_name):
+            if not os.path.exists(self.record_path(problem_name, label, seed, record_optimizer(what))):
+                pending.setdefault((label, what), []).append(int(seed))
+        for (label, what), seeds in pending.items():
+            optimizer = record_optimizer(what)
+            print(f"== evaluate {label} on {problem_name}, seed{'s' if len(seeds) > 1 else ''} "
+                  f"{', '.join(map(str, seeds))}", flush=True)
+            settings, guard, rules_and_problems = self.evaluation_rules(problem_name, base_problem, what, seeds)
+            lanes = [(problem, rule, seed, os.path.dirname(self.record_path(problem_name, label, seed, optimizer)))
+                     for (rule, problem), seed in zip(rules_and_problems, seeds)]
+            evaluate.run_and_record_seeds(lanes, optimizer, self.steps_on(problem_name), 1,
+                                          {"label": label, "problem": problem_name, **settings}, guard=guard)
+
+    def evaluation_rules(self, problem_name, base_problem, what, seeds):
+        """(settings for the records, guard options or None, [(rule, problem)] per seed) of one planned optimizer:
+        one rule shared by every seed, except a guard, whose objective draws from each seed's own generator."""
         from l2o_tf import guards
         from l2o_tf import models
         from l2o_tf import optimizers
         from l2o_tf import tune_baselines
+        if what[0] == "learned":
+            rule = models.load(what[1])
+            return {"path": what[1]}, None, [(rule, base_problem)] * len(seeds)
+        if what[0] == "baseline":
+            rate = what[2] or tune_baselines.tuned_learning_rate(self.tuned_json(problem_name), what[1], problem_name)
+            return {"learning_rate": rate}, None, [(optimizers.get(what[1].lower(), rate), base_problem)] * len(seeds)
         guard_settings = self.merged_flags("guards")
-        for _, label, seed, what in (run for run in self.evaluations() if run[0] == problem_name):
-            optimizer = record_optimizer(what)
-            path = self.record_path(problem_name, label, seed, optimizer)
-            if os.path.exists(path):
-                continue
-            problem, guard = base_problem, None
-            settings = {"label": label, "problem": problem_name}
-            print(f"== evaluate {label} on {problem_name}, seed {seed}", flush=True)
-            if what[0] == "learned":
-                rule = models.load(what[1])
-                settings["path"] = what[1]
-            elif what[0] == "baseline":
-                rate = what[2] or tune_baselines.tuned_learning_rate(self.tuned_json(problem_name), what[1],
-                                                                     problem_name)
-                rule = optimizers.get(what[1].lower(), rate)
-                settings["learning_rate"] = rate
-            else:
-                rate = tune_baselines.tuned_learning_rate(self.tuned_json(problem_name), guard_settings.get(
-                    "guard_optimizer", "SGD"), problem_name)
-                guard = {"guard": what[1], "guard_optimizer": guard_settings.get("guard_optimizer", "SGD").lower(),
-                         "guard_learning_rate": rate, "every": int(guard_settings.get("guard_every", 1)),
-                         "batch": guard_settings.get("guard_batch", "fresh")}
-                if what[1] == "gl2o":
-                    guard["mu_update"] = guard_settings.get("guard_mu_update", "ema")
-                learned = models.load(self.trained_model("dm", self.train_seeds[0]))
-                rule, problem = guards.guard_problem(problem, learned, int(seed), **guard)
-            evaluate.run_and_record(problem, rule, optimizer, self.steps_on(problem_name), 1, int(seed),
-                                    os.path.dirname(path), settings, guard=guard)
+        guard_optimizer = guard_settings.get("guard_optimizer", "SGD")
+        rate = tune_baselines.tuned_learning_rate(self.tuned_json(problem_name), guard_optimizer, problem_name)
+        guard = {"guard": what[1], "guard_optimizer": guard_optimizer.lower(), "guard_learning_rate": rate,
+                 "every": int(guard_settings.get("guard_every", 1)),
+                 "batch": guard_settings.get("guard_batch", "fresh")}
+        if what[1] == "gl2o":
+            guard["mu_update"] = guard_settings.get("guard_mu_update", "ema")
+        learned = models.load(self.trained_model("dm", self.train_seeds[0]))
+        return {}, guard, [guards.guard_problem(base_problem, learned, seed, **guard) for seed in seeds]
 
     def summarise(self):
         """results.json (one entry per evaluation) and results.md (a table per problem: mean and std over seeds)."""

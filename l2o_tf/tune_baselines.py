@@ -112,7 +112,9 @@ def tune(problem, names, rates, seeds, num_steps, window, on_run=None):
     for name in names:
         finals, records = {}, {}
         for rate in rates:
-            runs = {seed: evaluate.evaluate(problem, optimizers.get(name, rate), num_steps, 1, seed) for seed in seeds}
+            rule = optimizers.get(name, rate)  # every seed in one compiled run (evaluate.evaluate_runs)
+            losses = evaluate.evaluate_runs([(problem, rule, seed) for seed in seeds], num_steps, 1).losses
+            runs = dict(zip(seeds, losses))
             scores = [final_loss(losses, window) for losses in runs.values()]
             finals[rate] = float(sum(scores) / len(scores))
             records[rate] = runs

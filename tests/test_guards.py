@@ -250,6 +250,29 @@ def test_evaluate_with_a_guard_records_the_choices_and_equals_the_library_run(tm
     np.testing.assert_array_equal(choices, want_choices)
 
 
+def test_guards_of_several_seeds_in_one_run_record_what_each_records_alone(tmp_path):
+    """run_and_record_seeds with LGL2O on seeds 5 and 6 (each seed's guard draws its own comparison batches): each
+    seed's losses and choices equal `evaluate` of that seed alone."""
+    from l2o_tf import datasets, evaluate, models
+    sample = datasets.embedded_sample("test")
+    problem = problems.get("mnist", mode="test", dataset=(sample.images, sample.labels))
+    learned, options = models.load("dm"), {"guard": "lgl2o", "guard_optimizer": "sgd", "guard_learning_rate": 1.0}
+    lanes = []
+    for seed in (5, 6):
+        rule, view = guards.guard_problem(problem, learned, seed, **options)
+        lanes.append((view, rule, seed, str(tmp_path / f"seed{seed}")))
+    evaluate.run_and_record_seeds(lanes, "L2L", 30, 1, {"problem": "mnist"}, guard=options)
+    for seed in (5, 6):
+        with np.load(tmp_path / f"seed{seed}" / "L2L_eval_loss_record.pickle-mnist.npz") as data:
+            losses, choices = data["losses"], data["learned_step"]
+        rule, view = guards.guard_problem(problem, learned, seed, **options)
+        want_choices = []
+        want = evaluate.evaluate(view, rule, 30, 1, seed, records=want_choices)
+        np.testing.assert_allclose(losses, want, rtol=1e-5)
+        np.testing.assert_array_equal(choices, want_choices)
+        assert 0 < np.mean(choices) < 1  # both candidates won somewhere: the comparison is exercised
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--guard=safe", "--guard_learning_rate=1"], "unknown --guard='safe'"),
     (["--guard=lgl2o"], "--guard needs --guard_learning_rate"),

@@ -247,6 +247,35 @@ def test_runner_minibatches_and_seed(tiny_mnist):
     assert not np.array_equal(other.run(other.new_trajectory(), steps)[1], losses)
 
 
+def runner_losses(problem, rule, seed, steps):
+    runner = meta.Runner(problem, rule, generator(seed))
+    return runner.run(runner.new_trajectory(), steps)[1]
+
+
+def test_runs_of_one_coordinatewise_rule_step_once_and_match_runs_alone(tiny_mnist):
+    """Three seeds of one L2O-DM cell stepped on all their coordinates at once: each seed's losses are its run's
+    alone (same minibatches, same iterates), across chunks."""
+    cell = networks.CoordinateWiseDeepLSTM(seed=3)
+    runs = meta.Runs([(tiny_mnist, cell, generator(seed)) for seed in (5, 6, 7)])
+    assert runs.merged and len(runs.states) == 1
+    losses = runs.run(12, chunk=5)
+    assert losses.shape == (3, 12) and losses.dtype == np.float32
+    for k, seed in enumerate((5, 6, 7)):
+        np.testing.assert_allclose(losses[k], runner_losses(tiny_mnist, cell, seed, 12), rtol=2e-6)
+    assert not np.allclose(losses[0], losses[1])  # the seeds are different runs
+
+
+def test_runs_of_different_rules_step_each_its_own(quadratic):
+    """Adam and SGD (different rules: not merged) in one loop: each as alone, and the runs continue where they
+    stopped."""
+    lanes = [(quadratic, optimizers.Adam(0.05), generator(1)), (quadratic, optimizers.SGD(0.1), generator(2))]
+    runs = meta.Runs(lanes)
+    assert not runs.merged and len(runs.states) == 2
+    losses = np.concatenate([runs.run(10), runs.run(10)], axis=1)
+    np.testing.assert_allclose(losses[0], runner_losses(quadratic, optimizers.Adam(0.05), 1, 20), rtol=1e-5)
+    np.testing.assert_allclose(losses[1], runner_losses(quadratic, optimizers.SGD(0.1), 2, 20), rtol=1e-5)
+
+
 def test_random_scaling(quadratic):
     """scale = exp(U(-3, 3)) per coordinate, drawn right after x; x * scale is the unscaled init of the same seed."""
     trajectory = meta.new_trajectory(quadratic, optimizers.SGD(0.1), generator(12), scale_bound=3.0)
