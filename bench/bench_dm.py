@@ -208,26 +208,27 @@ class PlainTrainer:
         return meta.new_trajectory(self.problem, self.cell, self.rng)
 
     def train_unroll(self, trajectory):
-        x, state, meta_loss = self._unroll_fn(trajectory)
-        return trajectory._replace(x=x, state=state), float(meta_loss)
+        params, state, meta_loss = self._unroll_fn(trajectory)
+        return trajectory._replace(params=params, state=state), float(meta_loss)
 
     def _unroll(self, trajectory):
-        x, state, constants, scale = trajectory
+        params, state, constants, scale = trajectory
+        params = list(params)
         with tf.GradientTape() as outer:
             losses = []
             for step in range(self.unroll_length + 1):
                 with tf.GradientTape() as inner:
-                    inner.watch(x)
-                    loss = self.problem.flat_loss(scale * x, constants, self.rng)
-                gradient = tf.stop_gradient(inner.gradient(loss, x))
+                    inner.watch(params)
+                    loss = self.problem.loss(meta.scaled(params, scale), constants, self.rng)
+                gradients = [tf.stop_gradient(g) for g in inner.gradient(loss, params)]
                 losses.append(loss)
                 if step < self.unroll_length:
-                    delta, state = self.cell.step(gradient, state)
-                    x = x + delta
+                    deltas, state = self.cell.step(gradients, state)
+                    params = meta.add(params, deltas)
             meta_loss = tf.add_n(losses)
         gradients = outer.gradient(meta_loss, self.variables)
         self.optimizer.apply_gradients(zip(gradients, self.variables))
-        return x, state, meta_loss
+        return params, state, meta_loss
 
 
 # ---------------------------------------------------------------------------------------------------------------

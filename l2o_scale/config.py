@@ -7,6 +7,7 @@ names the shared trainer (`l2o_tf.training.MetaTraining`) reads, so the same loo
 import dataclasses
 import os
 
+from l2o_tf import config as train_config
 from l2o_tf import errors
 
 # The train copy's curriculum (§4.1): 12 stages; with 20-step unrolls 5, 10, 25, ..., 250 unrolls.
@@ -64,6 +65,8 @@ class ScaleConfig:
     checkpoint_secs: float = 60.0
     tensorboard_dir: str | None = None
     jit_compile: bool | None = None            # XLA for validation runs; None: unless the problem has convolutions
+    strategy: str = "default"                  # l2o_tf.distribute: one device, all local GPUs, or a $TF_CONFIG cluster
+    num_optimizees: int | None = None          # per meta-iteration, over all replicas; None: one per replica
 
     # -- what the shared trainer reads ----------------------------------------------------------------------------
     net = "scale"
@@ -113,6 +116,7 @@ class ScaleConfig:
         for name in ("rms_epsilon", "l2_reg"):
             if not getattr(self, name) >= 0:
                 raise errors.UsageError(f"--{name} must be non-negative, got {getattr(self, name)!r}")
+        train_config.check_distribute(self.strategy, self.num_optimizees)
         if not 0 <= self.rms_decay < 1:
             raise errors.UsageError(f"--rms_decay must lie in [0, 1), got {self.rms_decay}")
         if not 0 <= self.mt_ratio <= 1:

@@ -9,7 +9,8 @@ The README's run (curriculum + imitation; its regulariser is off, --regularize_t
 
 Writes TF1 checkpoints with the original variable names to <train_dir>/HierarchicalRNN_GRUCell_20_2/ (model.ckpt-0 is
 the best; evaluate it with `python -m l2o_scale.metatest --train_dir=<train_dir> --restore_model_name=model.ckpt-0`).
-Running the same command again resumes; Ctrl-C saves first and says so.
+Running the same command again resumes; Ctrl-C saves first and says so. --strategy and --num_optimizees spread
+each meta-iteration over several optimizees and devices as L2O-DM's (the README's "Scaling out").
 """
 import dataclasses
 
@@ -100,6 +101,7 @@ for _flag, _argument in INIT_FLAGS.items():
 flags.DEFINE_integer("seed", None, "Seed of every random draw; none = a fresh one, logged and checkpointed.")
 flags.DEFINE_integer("checkpoint_secs", 60, "Also checkpoint after a meta-iteration after this many seconds.")
 flags.DEFINE_string("tensorboard_dir", None, "Write meta-objective, validation cost and stage as TensorBoard scalars.")
+cli.define_distribute_flags()
 cli.define_data_flags()
 
 
@@ -151,8 +153,9 @@ def check():
 
 def main():
     from l2o_scale import meta_training  # TensorFlow loads here, after the flags and the data were checked
-    from l2o_tf import problems
+    from l2o_tf import distribute, problems
     config = scale_config()
+    distribute.strategy_named(config.strategy)  # before any TensorFlow op: a cluster's must exist first
     meta_training.train(config, problems.get(config.problem, mode="train", data_dir=FLAGS.data_dir,
                                              download=FLAGS.download))
 

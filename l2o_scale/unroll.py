@@ -14,11 +14,17 @@ learned initial vectors get their gradient exactly when it is taken, and one tra
 The trajectory goes on from the unroll's own forward values (upstream's order; the train copy recomputed the unroll
 after the update to propagate it, docs/FIDELITY.md). Data are indices into the problem's training split
 (`l2o_scale.plans`), gathered inside the compiled function.
+
+`Unroller` runs one optimizee; `ParallelUnroller` several per meta-update, spread over the replicas of a
+`tf.distribute` strategy (`l2o_tf.distribute`): the mean of their meta-gradients is sanitized and applied once.
 """
+import collections
+
 import tensorflow as tf
 
 from l2o_scale import meta_objective
 from l2o_scale import meta_optimizer as meta_optimizer_lib
+from l2o_tf import distribute
 from l2o_tf import errors
 from l2o_tf import meta
 
@@ -84,14 +90,15 @@ class Unroller:
             state, reset = self._zero_state, True
         return [tf.convert_to_tensor(p) for p in params], state, tf.constant(bool(reset))
 
-    def start(self, params, state, reset):
-        """The state an unroll starts from: the optimizer's fresh one where `reset`, else `state`."""
-        fresh = self.optimizer.initial_state(params)
+    def start(self, params, state, reset, rng=None):
+        """The state an unroll starts from: the optimizer's fresh one where `reset`, else `state`. The fresh one is
+        drawn from `rng` when given (another optimizee's stream), else from the optimizer's own generator."""
+        fresh = self.optimizer.initial_state(params) if rng is None else self.optimizer.initial_state(params, rng)
         return tf.nest.map_structure(lambda f, s: tf.where(reset, f, s), fresh, state)
 
-    def forward(self, params, state, subset, batches, initial_objective, reset):
+    def forward(self, params, state, subset, batches, initial_objective, reset, rng=None):
         """(meta-objective, objectives [T + 1], params_T, state_T) of one unroll, to be differentiated."""
-        state = self.start(params, state, reset)
+        state = self.start(params, state, reset, rng)
         num_steps = tf.shape(batches)[0]
         losses = tf.TensorArray(tf.float32, size=num_steps)
         for t in tf.range(num_steps):
@@ -108,18 +115,26 @@ class Unroller:
     def meta_gradient(self, params, state, subset, batches, initial_objective, reset=False):
         """The sanitized meta-gradient of one unroll (zeros for unconnected meta-parameters), for tests and tools."""
         params, state, reset = self._inputs(params, state, reset)
+        gradients, _ = self.mean_gradient([(params, state, subset, batches, initial_objective, reset)])
+        return meta_optimizer_lib.sanitize(gradients, self.variables, self.clip_level)
+
+    def mean_gradient(self, unrolls):
+        """The differentiated part of a meta-update: the unrolls of `unrolls` (each the arguments of `forward`, one
+        per optimizee), and the raw gradient of their mean regularised objective (zeros for unconnected
+        meta-parameters). Returns (gradients, [forward's results per unroll])."""
         with tf.GradientTape() as tape:
-            objective, _, _, _ = self.forward(params, state, subset, batches, initial_objective, reset)
-            objective = self._with_l2(objective)
-        return meta_optimizer_lib.sanitize(tape.gradient(objective, self.variables), self.variables, self.clip_level)
+            results = [self.forward(*arguments) for arguments in unrolls]
+            objective = self._with_l2(distribute.mean([result[0] for result in results]))
+        return meta.meta_gradients(tape, objective, self.variables), results
+
+    def apply(self, gradients):
+        """The meta-update: `gradients` sanitized (non-finite to 0, clipped) and applied by the meta-optimizer."""
+        return meta_optimizer_lib.apply_sanitized(self.meta_optimizer, gradients, self.variables, self.clip_level)
 
     def _train_unroll(self, params, state, subset, batches, initial_objective, reset):
-        with tf.GradientTape() as tape:
-            objective, objectives, params, state = self.forward(params, state, subset, batches, initial_objective,
-                                                                reset)
-            regularised = self._with_l2(objective)
-        meta_optimizer_lib.apply_sanitized(self.meta_optimizer, tape.gradient(regularised, self.variables),
-                                           self.variables, self.clip_level)
+        gradients, [(objective, objectives, params, state)] = self.mean_gradient(
+            [(params, state, subset, batches, initial_objective, reset)])
+        self.apply(gradients)
         return params, state, objectives, objective
 
     def _with_l2(self, objective):
@@ -153,3 +168,64 @@ class Unroller:
             params = meta.add(params, deltas)
         cost = tf.cond(last, lambda: self.subset_loss(before, subset), lambda: tf.constant(0.0))
         return params, state, cost
+
+
+Optimizee = collections.namedtuple("Optimizee", "params state reset initial_objective")  # one trajectory's carry
+
+
+class ParallelUnroller:
+    """Training unrolls of `len(rngs)` optimizees per meta-update with `strategy`, each replica running an equal
+    share; the same numbers as `Unroller` for one optimizee on the default strategy.
+
+    A replica differentiates the mean of its optimizees' objectives; the gradients, objectives and f_0 are
+    all-reduced (MEAN) over the replicas; the meta-optimizer applies the sanitized mean once, so a NaN on any
+    replica is zeroed alike everywhere. `rngs[k]` is the generator of optimizee k's fresh optimizer states. Build
+    `unroller` (the optimizer, the meta-optimizer's slots) under `strategy.scope()`.
+    """
+
+    def __init__(self, strategy, unroller, rngs):
+        self.strategy, self.unroller, self.rngs = strategy, unroller, list(rngs)
+        self.count = distribute.resolve_count(strategy, len(self.rngs))
+        self._train = tf.function(self._unroll, reduce_retracing=True)
+
+    def start(self, params, states, resets, subsets):
+        """The optimizees of a meta-iteration on their replicas (a PerReplica value of lists under a strategy): from
+        `params[k]`, and `states[k]` or a fresh state where `resets[k]`; f_0 on `subsets[k]`, their first unroll's."""
+        def make(context):
+            return [Optimizee([tf.convert_to_tensor(p) for p in params[k]], states[k], tf.constant(bool(resets[k])),
+                              tf.constant(self.unroller.initial_objective(params[k], subsets[k]), tf.float32))
+                    for k in distribute.optimizees_of(self.strategy, self.count, context.replica_id_in_sync_group)]
+        return self.strategy.experimental_distribute_values_from_function(make)
+
+    def train_unroll(self, optimizees, subsets, batches):
+        """One unroll of every optimizee (optimizee k on `subsets[k]`, `batches[k]`) and the meta-update. Returns
+        (optimizees, their mean objectives [T + 1] numpy, mean meta-objective, mean f_0)."""
+        def data(context):
+            return [(tf.constant(subsets[k]), tf.constant(batches[k]))
+                    for k in distribute.optimizees_of(self.strategy, self.count, context.replica_id_in_sync_group)]
+        optimizees, objectives, objective, initial = self._train(
+            optimizees, self.strategy.experimental_distribute_values_from_function(data))
+        return optimizees, objectives.numpy(), float(objective), float(initial)
+
+    def final_states(self, optimizees):
+        """Every optimizee's optimizer state, in order, the same on every worker (a cluster's workers exchange
+        theirs)."""
+        mine = distribute.local_values(self.strategy, self.count, optimizees)
+        return distribute.every_optimizee(self.strategy, self.count, {k: o.state for k, o in mine.items()})
+
+    def _replica_unroll(self, optimizees, data):
+        indices = distribute.optimizees_of(self.strategy, self.count, distribute.replica_id())
+        gradients, results = self.unroller.mean_gradient(
+            [(o.params, o.state, subset, batches, o.initial_objective, o.reset, self.rngs[k])
+             for k, o, (subset, batches) in zip(indices, optimizees, data)])
+        carried = [o._replace(params=params, state=state, reset=tf.constant(False))
+                   for o, (_, _, params, state) in zip(optimizees, results)]
+        return carried, (gradients, distribute.mean([r[1] for r in results]),
+                         distribute.mean([r[0] for r in results]),
+                         distribute.mean([o.initial_objective for o in optimizees]))
+
+    def _unroll(self, optimizees, data):
+        carried, (gradients, objectives, objective, initial) = distribute.mean_over_replicas(
+            self.strategy, self._replica_unroll, optimizees, data)
+        self.unroller.apply(gradients)
+        return carried, objectives, objective, initial

@@ -126,14 +126,19 @@ def define_training_flags(evaluation_period, mt_ratios, rnnprop=False):
                          "(and always at each validation and on Ctrl-C).")
     flags.DEFINE_string("tensorboard_dir", None, "Write meta-loss, imitation loss, validation cost, curriculum stage "
                         "and seconds per epoch here as TensorBoard scalars.")
-    flags.DEFINE_string("strategy", "default", "Where meta-training runs: default (one device), mirrored (every "
-                        "local GPU), multi_worker (the cluster in $TF_CONFIG); see the README's 'Scaling out'.")
-    flags.DEFINE_integer("num_optimizees", None, "Optimizees per meta-step over all replicas, their meta-gradients "
-                         "averaged; a multiple of the replicas. Default: one per replica (1 on one device).")
+    define_distribute_flags()
     if rnnprop:
         flags.DEFINE_float("beta1", 0.95, "RNNprop input feature beta1.")
         flags.DEFINE_float("beta2", 0.95, "RNNprop input feature beta2.")
     define_data_flags()
+
+
+def define_distribute_flags():
+    """--strategy and --num_optimizees (l2o_tf.distribute), for every meta-training entry point."""
+    flags.DEFINE_string("strategy", "default", "Where meta-training runs: default (one device), mirrored (every "
+                        "local GPU), multi_worker (the cluster in $TF_CONFIG); see the README's 'Scaling out'.")
+    flags.DEFINE_integer("num_optimizees", None, "Optimizees per meta-step over all replicas, their meta-gradients "
+                         "averaged; a multiple of the replicas. Default: one per replica (1 on one device).")
 
 
 def define_reproduce_flags(defaults, presets, experiments):

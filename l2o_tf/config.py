@@ -76,10 +76,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise errors.UsageError(f"--{name} must be a positive integer, got {value!r}")
-        if self.strategy not in STRATEGIES:
-            raise errors.UsageError(f"unknown --strategy={self.strategy!r}: expected one of {', '.join(STRATEGIES)}")
-        if self.num_optimizees is not None and (not isinstance(self.num_optimizees, int) or self.num_optimizees <= 0):
-            raise errors.UsageError(f"--num_optimizees must be a positive integer, got {self.num_optimizees!r}")
+        check_distribute(self.strategy, self.num_optimizees)
         for name in ("learning_rate", "rd_scale_bound", "checkpoint_secs"):
             if not getattr(self, name) > 0:
                 raise errors.UsageError(f"--{name} must be positive, got {getattr(self, name)!r}")
@@ -102,6 +99,14 @@ class TrainConfig:
             raise errors.UsageError(f"--num_mt={self.num_mt} needs that many --optimizers, got "
                                     f"{','.join(self.optimizers)}")
         return self
+
+
+def check_distribute(strategy, num_optimizees):
+    """The --strategy and --num_optimizees of any meta-training config (`errors.UsageError` naming the flag)."""
+    if strategy not in STRATEGIES:
+        raise errors.UsageError(f"unknown --strategy={strategy!r}: expected one of {', '.join(STRATEGIES)}")
+    if num_optimizees is not None and (not isinstance(num_optimizees, int) or num_optimizees <= 0):
+        raise errors.UsageError(f"--num_optimizees must be a positive integer, got {num_optimizees!r}")
 
 
 def parse_names(text):

@@ -1,4 +1,5 @@
-"""Meta-training over several optimizees per meta-step, on one device or data parallel with `tf.distribute`.
+"""Meta-training over several optimizees per meta-step, on one device or data parallel with `tf.distribute`; L2O-DM
+and RNNprop (`ParallelTrainer`) and L2O-Scale (`l2o_scale.unroll.ParallelUnroller`) share the pieces.
 
 A meta-step draws `num_optimizees` optimizees (in total, over all replicas; each replica runs an equal share), runs
 one unroll of each, and applies the **mean** of their meta-gradients once: each replica differentiates the mean of
@@ -163,13 +164,57 @@ def gather_generators(strategy, generators):
     so the chief's checkpoint holds every optimizee's stream. Only with several workers (else nothing to do)."""
     if not is_multi_worker(strategy):
         return
-    per_replica = len(generators) // strategy.num_replicas_in_sync
-    first = _first_local_replica(strategy) * per_replica
-    mine = range(first, first + per_replica * len(strategy.extended.worker_devices))
-    states = tf.stack([g.state if k in mine else tf.zeros_like(g.state) for k, g in enumerate(generators)])
-    states = strategy.reduce(tf.distribute.ReduceOp.SUM, _from_first_local_replica(strategy, states), None)
-    for generator, state in zip(generators, tf.unstack(states)):
+    mine = local_optimizees(strategy, len(generators))
+    states = every_optimizee(strategy, len(generators), {k: generators[k].state for k in mine})
+    for generator, state in zip(generators, states):
         generator.reset(state)
+
+
+def optimizees_of(strategy, count, replica):
+    """The optimizees (of `count` per meta-step) that replica `replica` (its id in the sync group) runs."""
+    per_replica = count // strategy.num_replicas_in_sync
+    return range(replica * per_replica, (replica + 1) * per_replica)
+
+
+def local_optimizees(strategy, count):
+    """The optimizees this worker's replicas run: all of them, but on a worker of a cluster."""
+    per_replica = count // strategy.num_replicas_in_sync
+    first = _first_local_replica(strategy) * per_replica
+    return range(first, first + per_replica * _num_local_replicas(strategy))
+
+
+def local_values(strategy, count, per_replica):
+    """{optimizee: value} of this worker's optimizees, from `per_replica` (per replica the list of its optimizees'
+    values, as `strategy.run` returns it)."""
+    first, values = _first_local_replica(strategy), {}
+    for i in range(_num_local_replicas(strategy)):
+        local = tf.nest.map_structure(lambda value: strategy.experimental_local_results(value)[i], per_replica)
+        values.update(zip(optimizees_of(strategy, count, first + i), local))
+    return values
+
+
+def every_optimizee(strategy, count, mine):
+    """[every optimizee's value, in order], each as the worker that runs it holds it, the same on every worker.
+
+    `mine` maps this worker's optimizees to their values (tensor structures alike). In a cluster each worker adds
+    zeros for the optimizees it does not run and the workers sum (one reduce per dtype)."""
+    if not is_multi_worker(strategy):
+        return [mine[k] for k in range(count)]
+    template = next(iter(mine.values()))
+    values = [mine[k] if k in mine else tf.nest.map_structure(tf.zeros_like, template) for k in range(count)]
+    return tf.nest.pack_sequence_as(values, _sum_over_workers(strategy, tf.nest.flatten(values)))
+
+
+def _sum_over_workers(strategy, tensors):
+    """The element-wise sums over the workers of `tensors` (each worker's first replica's), one reduce per dtype."""
+    sums = [None] * len(tensors)
+    for dtype in {t.dtype for t in tensors}:
+        indices = [i for i, t in enumerate(tensors) if t.dtype == dtype]
+        flat = tf.concat([tf.reshape(tensors[i], [-1]) for i in indices], 0)
+        total = strategy.reduce(tf.distribute.ReduceOp.SUM, _from_first_local_replica(strategy, flat), None)
+        for i, piece in zip(indices, tf.split(total, [tensors[i].shape.num_elements() for i in indices])):
+            sums[i] = tf.reshape(piece, tensors[i].shape)
+    return sums
 
 
 def _from_first_local_replica(strategy, value):
@@ -185,8 +230,26 @@ def _first_local_replica(strategy):
     return 0 if replica_id is None else int(replica_id(0))
 
 
+def _num_local_replicas(strategy):
+    return 1 if _is_default(strategy) else len(strategy.extended.worker_devices)
+
+
 def _is_default(strategy):
     return type(strategy) is type(_DEFAULT_STRATEGY)
+
+
+def mean_over_replicas(strategy, replica_fn, *args):
+    """One data-parallel step: `replica_fn(*args)` on every replica returns (carried, values); the values are
+    all-reduced (MEAN, in one batch). Returns (carried, per replica as `strategy.run` returns it; the reduced values,
+    from this worker's first replica: every replica holds the same, so the caller applies them once)."""
+    def replica_step(*replica_args):
+        carried, values = replica_fn(*replica_args)
+        values = tf.nest.map_structure(tf.identity, values)  # on the replica's device (a cluster's all-reduce needs
+        # one, which a value passed through from the inputs lacks)
+        return carried, tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MEAN, values)
+
+    carried, reduced = strategy.run(replica_step, args=args)
+    return carried, tf.nest.map_structure(lambda value: strategy.experimental_local_results(value)[0], reduced)
 
 
 class ParallelTrainer:
@@ -202,19 +265,14 @@ class ParallelTrainer:
         self.strategy, self.trainer = strategy, trainer
         self.rngs, self.rules = list(rngs), list(rules)
         self.count = resolve_count(strategy, len(self.rngs))
-        self.per_replica = self.count // strategy.num_replicas_in_sync
         self.problem, self.variables, self.optimizer = trainer.problem, trainer.variables, trainer.optimizer
         self._train_unroll = tf.function(self._unroll, reduce_retracing=True)
-
-    def optimizees_of(self, replica):
-        """The optimizee indices replica `replica` (its id in the sync group) runs."""
-        return range(replica * self.per_replica, (replica + 1) * self.per_replica)
 
     def new_trajectory(self, scale_bound=0.0):
         """Fresh optimizees: per replica (a PerReplica value under a strategy) the list of its optimizees'."""
         def make(context):
             return [meta.new_trajectory(self.problem, self.rules[k], self.rngs[k], scale_bound)
-                    for k in self.optimizees_of(context.replica_id_in_sync_group)]
+                    for k in optimizees_of(self.strategy, self.count, context.replica_id_in_sync_group)]
         return self.strategy.experimental_distribute_values_from_function(make)
 
     def train_unroll(self, trajectories):
@@ -223,30 +281,23 @@ class ParallelTrainer:
         return trajectories, float(meta_loss), float(final_loss), bool(applied)
 
     def _replica_unroll(self, trajectories):
-        trainer, optimizees = self.trainer, self.optimizees_of(_replica_id())
+        trainer, optimizees = self.trainer, optimizees_of(self.strategy, self.count, replica_id())
         with tf.GradientTape() as tape:
             results = [trainer._forward(t, tape, rng=self.rngs[k], rule=self.rules[k])
                        for k, t in zip(optimizees, trajectories)]
-            objective = _mean([r[4] for r in results])
+            objective = mean([r[4] for r in results])
         gradients = meta.meta_gradients(tape, objective, trainer.variables)
         carried = [t._replace(params=r[2], state=r[3]) for t, r in zip(trajectories, results)]
-        return carried, gradients, _mean([r[0] for r in results]), _mean([r[1] for r in results])
-
-    def _replica_mean_step(self, trajectories):
-        """A replica's unroll, then its gradients and losses all-reduced (MEAN, in one batch) over the replicas."""
-        carried, *values = self._replica_unroll(trajectories)
-        return carried, tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MEAN, values)
+        return carried, (gradients, mean([r[0] for r in results]), mean([r[1] for r in results]))
 
     def _unroll(self, trajectories):
-        carried, reduced = self.strategy.run(self._replica_mean_step, args=(trajectories,))
-        # every replica holds the same reduced values: apply them once, from this worker's first replica
-        gradients, meta_loss, final_loss = tf.nest.map_structure(
-            lambda value: self.strategy.experimental_local_results(value)[0], reduced)
+        carried, (gradients, meta_loss, final_loss) = mean_over_replicas(self.strategy, self._replica_unroll,
+                                                                         trajectories)
         applied = meta.apply_if_finite(self.optimizer, gradients, self.variables, meta_loss)
         return carried, meta_loss, final_loss, applied
 
 
-def _replica_id():
+def replica_id():
     """This replica's id in the sync group, as a Python int (it is a constant in every strategy used here)."""
     replica = tf.get_static_value(tf.distribute.get_replica_context().replica_id_in_sync_group)
     if replica is None:
@@ -254,6 +305,6 @@ def _replica_id():
     return int(replica)
 
 
-def _mean(values):
+def mean(values):
     """The mean of `values`; one value as it is (so one optimizee per replica computes exactly today's numbers)."""
     return values[0] if len(values) == 1 else tf.add_n(values) / float(len(values))
