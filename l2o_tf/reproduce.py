@@ -29,9 +29,10 @@ EXPERIMENTS = {
        for name in ("scale", "scale_cl_il")},
 }
 CONVOLUTIONAL = ("mnist_conv", "cifar_conv", "lenet", "nas")
-# For the expected time printed first: seconds per meta-training unroll of 20 steps on the MNIST MLP and per
-# evaluation step, measured on the 2-core development machine (docs/RESULTS.md); defaults of the entry points.
-SECONDS_PER_UNROLL = {"l2o_tf.train_dm": 0.25, "l2o_tf.train_rnnprop": 0.3, "l2o_scale.metarun": 0.35}
+# For the expected time printed first: seconds per meta-training unroll of 20 steps on the MNIST MLP (L2O-Scale's
+# with the validation its paper config runs every meta-iteration) and per evaluation step, measured on the 2-core
+# development machine (bench/README.md, "Paper budgets"); defaults of the entry points.
+SECONDS_PER_UNROLL = {"l2o_tf.train_dm": 0.31, "l2o_tf.train_rnnprop": 0.33, "l2o_scale.metarun": 0.9}
 SECONDS_PER_EVAL_STEP = {"mlp": 0.004, "conv": 0.03}
 START_SECONDS = {"training": 20, "evaluation": 4}  # a training process's start-up, an evaluation's tracing
 ENTRY_DEFAULTS = {"l2o_tf.train_dm": {"num_epochs": 10000, "num_steps": 100, "evaluation_period": 100},
