@@ -1,6 +1,7 @@
 """Shared test set-up: quiet TF, the one way a test reaches the optional ../shared reference files, small
 optimizees on made-up data, and entry points run as a user runs them."""
 import os
+import socket
 import subprocess
 import sys
 
@@ -76,6 +77,17 @@ except SystemExit as e:
 print("tensorflow imported:", "tensorflow" in sys.modules)
 sys.exit(code)
 """
+
+
+def free_ports(count):
+    """`count` free localhost ports, for the workers of a local tf.distribute cluster ($TF_CONFIG)."""
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
 
 
 def run_module(module, env, *flags, timeout=300, report_tensorflow=False):

@@ -8,7 +8,6 @@ this file as a script in a fresh process (`python tests/test_distribute.py mirro
 """
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import mnist_on_random_images
+from conftest import free_ports, mnist_on_random_images
 from l2o_tf import config as config_lib
 from l2o_tf import distribute
 from l2o_tf import errors
@@ -252,16 +251,6 @@ def assert_same_history(actual, expected):
 def worker_config(save_path):
     return config(problem="quadratic", num_optimizees=2, num_epochs=2, num_steps=10, evaluation_period=2,
                   save_path=save_path)
-
-
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def test_two_workers_train_as_one_and_only_the_chief_writes(tmp_path):

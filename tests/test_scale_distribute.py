@@ -10,7 +10,6 @@ be set up before TensorFlow initialises its devices, so that scenario runs this 
 import copy
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import mnist_on_random_images, run_module
+from conftest import free_ports, mnist_on_random_images, run_module
 from l2o_scale import config as scale_config, meta_training, plans
 from l2o_tf import distribute
 from l2o_tf import errors
@@ -279,16 +278,6 @@ def scenario_worker(train_dir, out):
     if run.chief:
         generators = np.array([g.state.numpy() for g in run.iterations.state_rngs])
         np.savez(out, record=json.dumps(record), generators=generators, *(weights(run) + carried(run)))
-
-
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def test_two_workers_train_as_two_optimizees_on_one_device_and_only_the_chief_writes(first_update, tmp_path):
