@@ -45,7 +45,7 @@ def evaluate(problem, rule, num_steps, num_epochs, seed, on_progress=None, recor
     `records`, a list, receives the rule's per-step record (a guard's choice: 1 learned, 0 guard optimizer)."""
     progress = None if on_progress is None else lambda epoch, done, losses: on_progress(epoch, done, losses[0])
     runs = evaluate_runs([(problem, rule, seed)], num_steps, num_epochs, progress, record=records is not None)
-    if records is not None:
+    if records is not None and runs.records is not None:  # a rule without `record` records nothing
         records.extend(row[0] for row in runs.records)
     return runs.losses[0]
 
