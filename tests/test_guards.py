@@ -229,6 +229,9 @@ def test_runner_records_every_choice():
     plain = []
     meta.Runner(problem, optimizers.SGD(0.1), tf.random.Generator.from_seed(0), records=plain)
     assert plain == []
+    from l2o_tf import evaluate
+    losses = evaluate.evaluate(problem, optimizers.SGD(0.1), 3, 1, 0, records=plain)
+    assert plain == [] and losses.shape == (3,)  # a rule without `record` records nothing
 
 
 def test_evaluate_with_a_guard_records_the_choices_and_equals_the_library_run(tmp_path, new_user_env):
