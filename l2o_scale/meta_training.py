@@ -223,8 +223,7 @@ class ScaleTraining(training.MetaTraining):
             optimizer = hierarchical_rnn.HierarchicalRNN(seed=int(config.seed), **config.optimizer_config)
         # optimizee k > 0 draws its fresh optimizer states from a generator of its own, made on its replica's device
         # and, as DM's optimizee generators, outside the strategy's scope (there it would draw per replica)
-        strategy = strategy or distribute.strategy_named(config.validate().strategy)
-        count = distribute.resolve_count(strategy, config.num_optimizees)
+        strategy, count = distribute.strategy_and_count(config.validate(), strategy)
         self._state_rngs = distribute.optimizee_generators(
             strategy, count, (STATE_STREAM,),
             lambda name: optimizer._rng if name == STATE_STREAM else seeding.generator(config.seed, name))[STATE_STREAM]

@@ -80,6 +80,12 @@ def is_multi_worker(strategy):
     return getattr(strategy.extended, "_num_workers", 1) > 1
 
 
+def strategy_and_count(config, strategy=None):
+    """A run's strategy (`strategy`, else the one --strategy names) and its optimizees per meta-step."""
+    strategy = strategy or strategy_named(config.strategy)
+    return strategy, resolve_count(strategy, config.num_optimizees)
+
+
 def resolve_count(strategy, num_optimizees):
     """The number of optimizees per meta-step: `num_optimizees`, or one per replica when None; a multiple of the
     number of replicas."""

@@ -191,9 +191,7 @@ class Runner:
         params, state, constants, scale = trajectory
         params = list(params)
         for _ in tf.range(num_steps):
-            loss, gradients = loss_and_gradient(self.problem, params, constants, scale, self.rng)
-            deltas, state = self.rule.step(gradients, state, loss)
-            params = add(params, deltas)
+            params, state = _step(self.problem, self.rule, self.rng, params, state, trajectory)
         return self.problem.loss(scaled(params, scale), constants, self.rng)
 
 
@@ -251,6 +249,13 @@ def _in_chunks(steps, num_steps, chunk, callback):
     return np.concatenate(pieces, axis=1) if pieces else np.zeros([1, 0], np.float32)
 
 
+def _step(problem, rule, rng, params, state, trajectory):
+    """One step of `rule` from `params` on `trajectory`'s problem constants and scaling: (params, state)."""
+    loss, gradients = loss_and_gradient(problem, params, trajectory.constants, trajectory.scale, rng)
+    deltas, state = rule.step(gradients, state, loss)
+    return add(params, deltas), state
+
+
 def _run_steps(lanes, merged, trajectories, states, num_steps, record):
     """`num_steps` steps of every lane's trajectory, in a compiled loop: (params per lane, states, losses
     [num_steps, lanes], rule records [num_steps, lanes]). `states` is one per lane, or with `merged` the one state of
@@ -260,23 +265,19 @@ def _run_steps(lanes, merged, trajectories, states, num_steps, record):
     losses = tf.TensorArray(tf.float32, size=num_steps, element_shape=[len(lanes)])
     records = tf.TensorArray(tf.float32, size=num_steps if record else 0, element_shape=[len(lanes)])
     for i in tf.range(num_steps):
-        step = [loss_and_gradient(problem, p, t.constants, t.scale, rng)
-                for (problem, _, rng), p, t in zip(lanes, params, trajectories)]
         if merged:
-            gradients = [g for _, lane_gradients in step for g in lane_gradients]
+            gradients = [g for (problem, _, rng), p, t in zip(lanes, params, trajectories)
+                         for g in loss_and_gradient(problem, p, t.constants, t.scale, rng)[1]]
             all_deltas, state = lanes[0][1].step(gradients, states[0])
-            states, deltas, start = [state], [], 0
+            states, stepped, start = [state], [], 0
             for p in params:
-                deltas.append(all_deltas[start:start + len(p)])
+                stepped.append(add(p, all_deltas[start:start + len(p)]))
                 start += len(p)
+            params = stepped
         else:
-            deltas, stepped = [], []
-            for (_, rule, _), (loss, gradients), state in zip(lanes, step, states):
-                lane_deltas, state = rule.step(gradients, state, loss)
-                deltas.append(lane_deltas)
-                stepped.append(state)
-            states = stepped
-        params = [add(p, d) for p, d in zip(params, deltas)]
+            stepped = [_step(problem, rule, rng, p, state, t)
+                       for (problem, rule, rng), p, state, t in zip(lanes, params, states, trajectories)]
+            params, states = [p for p, _ in stepped], [state for _, state in stepped]
         losses = losses.write(i, tf.stack([problem.loss(scaled(p, t.scale), t.constants, rng)
                                            for (problem, _, rng), p, t in zip(lanes, params, trajectories)]))
         if record:

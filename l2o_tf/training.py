@@ -58,9 +58,8 @@ class MetaTraining:
         self.config, self.problem = config.validate(), problem
         self.seed = _seed_or_fresh(config.seed)
         # `strategy`: a tf.distribute.Strategy instead of --strategy's; a given `cell` must be built under its scope
-        self.strategy = strategy or distribute.strategy_named(config.strategy)
+        self.strategy, self.num_optimizees = distribute.strategy_and_count(config, strategy)
         self.chief = distribute.is_chief(self.strategy)
-        self.num_optimizees = distribute.resolve_count(self.strategy, config.num_optimizees)
         self.rngs = {name: seeding.generator(self.seed, name) for name in RANDOM_COMPONENTS}
         self.optimizee_rngs = distribute.optimizee_generators(  # optimizee k > 0: "train/k" and "mixture/k"
             self.strategy, self.num_optimizees, ("train", "mixture"), lambda name: seeding.generator(self.seed, name))
