@@ -152,8 +152,9 @@ def plot(panels, output, title=""):
     figure.tight_layout(rect=(0, 0.06 * rows, 1, 1))
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     pdf = os.path.splitext(output)[0] + ".pdf"
-    figure.savefig(output, dpi=110)
-    figure.savefig(pdf)
+    # "tight" grows the saved image to the legend, which is wider than one panel when the labels are many and long
+    figure.savefig(output, dpi=110, bbox_inches="tight")
+    figure.savefig(pdf, bbox_inches="tight")
     plt.close(figure)
     return output, pdf
 

@@ -63,6 +63,17 @@ def test_writes_png_and_pdf(tmp_path):
         assert f.read(5) == b"%PDF-"
 
 
+
+def test_a_legend_wider_than_the_panel_is_kept_whole(tmp_path):
+    """18 long labels under one panel (as run_all.sh draws mnist_conv): the saved image widens to hold the legend
+    instead of cutting its outer columns off at the panel's 4.6 inches (506 pixels at 110 dpi)."""
+    curve = (np.linspace(1.0, 0.1, 100), np.zeros(100), 2)
+    panels = {"mnist_conv": [(f"a-long-optimizer-label-{i}", *curve) for i in range(18)]}
+    plot.plot(panels, str(tmp_path / "wide.png"))
+    with open(tmp_path / "wide.png", "rb") as f:
+        width = int.from_bytes(f.read(24)[16:20], "big")  # the PNG header's width field
+    assert width > 506
+
 _WITHOUT_MATPLOTLIB = """
 import runpy, sys
 sys.modules["matplotlib"] = None   # as if it were not installed
