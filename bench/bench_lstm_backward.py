@@ -36,6 +36,14 @@ from l2o_tf import networks, problems  # noqa: E402
 UNROLL = 20
 
 
+def through_gates(dgates, xh, w_gates, input_size, dc_previous):
+    """The gradients an LSTM step returns, given those of its gate pre-activations `dgates` [4H, n]: inputs, previous
+    h and c, weights and biases."""
+    dxh = tf.matmul(w_gates, dgates)
+    return (dxh[:input_size], dxh[input_size:], dc_previous, tf.matmul(xh, dgates, transpose_b=True),
+            tf.reduce_sum(dgates, axis=1))
+
+
 def handwritten_lstm(inputs, h, c, w_gates, b_gates):
     """`networks.sonnet_lstm` with a hand-written backward in as few elementwise passes as TF's kernels allow."""
     @tf.custom_gradient
@@ -53,10 +61,7 @@ def handwritten_lstm(inputs, h, c, w_gates, b_gates):
                                 tf.raw_ops.TanhGrad(y=cell_input, dy=dc * input_gate),
                                 tf.raw_ops.SigmoidGrad(y=forget_gate, dy=dc * c),
                                 tf.raw_ops.SigmoidGrad(y=output_gate, dy=dh * tanh_c)], axis=0)
-            dxh = tf.matmul(w_gates, dgates)
-            size = inputs.shape[0]
-            return (dxh[:size], dxh[size:], dc * forget_gate, tf.matmul(xh, dgates, transpose_b=True),
-                    tf.reduce_sum(dgates, axis=1))
+            return through_gates(dgates, xh, w_gates, inputs.shape[0], dc * forget_gate)
 
         return (tanh_c * output_gate, c_new), backward
 
@@ -84,10 +89,7 @@ def one_sigmoid_lstm(inputs, h, c, w_gates, b_gates):
             dc = dc + tf.raw_ops.TanhGrad(y=tanh_c, dy=dh * output_gate)
             dsigmoids = tf.concat([dc * cell_input, 2.0 * dc * input_gate, dc * c, dh * tanh_c], axis=0)
             dgates = tf.raw_ops.SigmoidGrad(y=sigmoids, dy=dsigmoids) * row_scale[:, None]
-            dxh = tf.matmul(w_gates, dgates)
-            size = inputs.shape[0]
-            return (dxh[:size], dxh[size:], dc * forget_gate, tf.matmul(xh, dgates, transpose_b=True),
-                    tf.reduce_sum(dgates, axis=1))
+            return through_gates(dgates, xh, w_gates, inputs.shape[0], dc * forget_gate)
 
         return (tanh_c * output_gate, c_new), backward
 
