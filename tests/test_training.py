@@ -193,9 +193,10 @@ def test_an_interrupted_and_resumed_run_gives_exactly_the_uninterrupted_losses(q
         return original_train_epoch()
 
     first.train_epoch = train_epoch
+    handler_before = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN in a shell's background job
     with pytest.raises(errors.Interrupted, match="at epoch 3: checkpoint saved .* run the same command again"):
         first.run()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    assert signal.getsignal(signal.SIGINT) is handler_before  # the handler is put back
     resumed = training.MetaTraining(config(**kwargs, save_path=str(tmp_path / "cut")), quadratic)
     assert resumed.resumed and resumed.epoch == 3
     resumed.run()
