@@ -97,29 +97,20 @@ def one_sigmoid_lstm(inputs, h, c, w_gates, b_gates):
 
 
 class NetworkUnroll:
-    """The network's part of a meta-iteration: sum_t <G_t, delta_t> over 20 steps, for a given LSTM step."""
+    """The network's part of a meta-iteration: sum_t <G_t, delta_t> over 20 steps of `cell`."""
 
     def __init__(self, cell, gradients, later_sums):
         self.cell, self.gradients, self.later_sums = cell, gradients, later_sums
         self.variables = cell.trainable_variables
 
-    def objective(self, lstm, begin, end):
-        cell = self.cell
-        states = [tf.zeros([size, end - begin]) for size in cell.state_size]
-        total = 0.0
+    def objective(self, begin, end):
+        state, total = self.cell.flat_initial_state(end - begin), 0.0
         for t in range(UNROLL):
-            x, _ = cell._features(self.gradients[t][:, begin:end], [])
-            new_states = []
-            for index in range(len(cell.hidden_sizes)):
-                module = cell._modules[f"lstm_{index + 1}"]
-                x, c = lstm(x, states[2 * index], states[2 * index + 1], module["w_gates"], module["b_gates"])
-                new_states += [x, c]
-            states = new_states
-            delta = cell._output(networks._dense(x, cell._modules["linear"]))
-            total += tf.reduce_sum(self.later_sums[t][:, begin:end] * delta)
+            delta, state = self.cell.flat_step(self.gradients[t, begin:end], state)
+            total += tf.reduce_sum(self.later_sums[t, begin:end] * delta)
         return total
 
-    def meta_gradient(self, lstm, chunk=None):
+    def meta_gradient(self, chunk=None):
         """A compiled function returning d objective / d variables, over all coordinates or chunk by chunk."""
         n = self.gradients.shape[-1]
         bounds = list(range(0, n, chunk or n)) + [n]
@@ -129,11 +120,19 @@ class NetworkUnroll:
             total = [tf.zeros_like(v) for v in self.variables]
             for begin, end in zip(bounds[:-1], bounds[1:]):
                 with tf.GradientTape() as tape:
-                    objective = self.objective(lstm, begin, end)
+                    objective = self.objective(begin, end)
                 total = [a + g for a, g in zip(total, tape.gradient(objective, self.variables))]
             return total
 
         return run
+
+
+def cell_with(lstm_step):
+    """L2O-DM's network with the same (seeded) weights as every other variant, stepping its LSTMs with `lstm_step`."""
+    cell = networks.CoordinateWiseDeepLSTM(seed=1)
+    cell.lstm_step = lstm_step
+    cell.build()
+    return cell
 
 
 def main():
@@ -144,19 +143,19 @@ def main():
 
     problem = problems.get("mnist")
     n = problem.num_params
-    cell = networks.CoordinateWiseDeepLSTM(seed=1)
-    cell.build()
     rng = np.random.default_rng(0)
-    gradients = tf.constant(rng.standard_normal((UNROLL, 1, n), dtype=np.float32) * 1e-3)
+    gradients = tf.constant(rng.standard_normal((UNROLL, n), dtype=np.float32) * 1e-3)
     later_sums = tf.constant(np.cumsum(gradients.numpy()[::-1], axis=0)[::-1].copy())
-    unroll = NetworkUnroll(cell, gradients, later_sums)
 
-    variants = {"autodiff": unroll.meta_gradient(networks.sonnet_lstm),
-                "handwritten": unroll.meta_gradient(handwritten_lstm),
-                "one-sigmoid": unroll.meta_gradient(one_sigmoid_lstm)}
+    def variant(lstm_step, chunk=None):
+        return NetworkUnroll(cell_with(lstm_step), gradients, later_sums).meta_gradient(chunk)
+
+    variants = {"autodiff": variant(networks.sonnet_lstm),
+                "handwritten": variant(handwritten_lstm),
+                "one-sigmoid": variant(one_sigmoid_lstm)}
     for chunk in args.chunks:
-        variants[f"chunked {chunk}"] = unroll.meta_gradient(networks.sonnet_lstm, chunk)
-        variants[f"chunked {chunk} + handwritten"] = unroll.meta_gradient(handwritten_lstm, chunk)
+        variants[f"chunked {chunk}"] = variant(networks.sonnet_lstm, chunk)
+        variants[f"chunked {chunk} + handwritten"] = variant(handwritten_lstm, chunk)
 
     print(f"network part of a meta-iteration: {UNROLL} steps, n = {n} coordinates, {tf.__version__}")
     reference = [g.numpy() for g in variants["autodiff"]()]

@@ -65,6 +65,7 @@ class CoordinatewiseLSTMCell(keras.layers.Layer, rules.CoordinatewiseRule):
 
     key = None  # file prefix of the original: "cw" or "rp"
     extra_state_sizes = ()
+    lstm_step = staticmethod(sonnet_lstm)  # one LSTM step; bench/bench_lstm_backward.py swaps in variants
 
     def __init__(self, scale=0.01, hidden_sizes=HIDDEN_SIZES, seed=None, **kwargs):
         super().__init__(**kwargs)
@@ -126,7 +127,7 @@ class CoordinatewiseLSTMCell(keras.layers.Layer, rules.CoordinatewiseRule):
         x, new_states = features, []
         for index, (h, c) in enumerate(zip(states[0:num_lstm_states:2], states[1:num_lstm_states:2]), start=1):
             module = self._modules[f"lstm_{index}"]
-            x, c = sonnet_lstm(x, h, c, module["w_gates"], module["b_gates"])
+            x, c = self.lstm_step(x, h, c, module["w_gates"], module["b_gates"])
             new_states += [x, c]
         return self._output(_dense(x, self._modules["linear"])), new_states + list(extra)
 

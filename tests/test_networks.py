@@ -111,6 +111,23 @@ def test_fresh_cells_match_reference_and_have_the_original_sizes():
         np.testing.assert_allclose(run_cell(cell, gradients), reference, rtol=1e-4, atol=1e-8)
 
 
+def test_a_cell_steps_its_lstms_with_its_lstm_step():
+    """`lstm_step` is the one place a cell's LSTM step comes from (bench/bench_lstm_backward.py swaps variants in):
+    a cell given a recording copy of it calls it for each of its two LSTMs and gives the same updates."""
+    plain, swapped = networks.CoordinateWiseDeepLSTM(seed=3), networks.CoordinateWiseDeepLSTM(seed=3)
+    calls = []
+
+    def recording_step(inputs, h, c, w_gates, b_gates):
+        calls.append(tuple(w_gates.shape))
+        return networks.sonnet_lstm(inputs, h, c, w_gates, b_gates)
+
+    swapped.lstm_step = recording_step
+    states = [cell.initial_state(30) for cell in (plain, swapped)]
+    for g in random_gradients(4, 30, seed=2):  # eagerly, so that every step calls it
+        (expected, states[0]), (delta, states[1]) = plain.step(g, states[0]), swapped.step(g, states[1])
+        np.testing.assert_array_equal(delta.numpy(), expected.numpy())
+    assert calls == [(22, 80), (40, 80)] * 4
+
 def test_initialisers_are_the_sonnet_defaults():
     cells = [networks.CoordinateWiseDeepLSTM(seed=10 * i) for i in range(80)]  # pooled: 1600 linear weights
     for cell in cells:
