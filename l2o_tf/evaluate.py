@@ -105,8 +105,6 @@ def run_and_record_seeds(lanes, optimizer, num_steps, num_epochs, run_flags, gua
         # the original's name for log10 of the mean loss over all steps; the README's tables use ln
         print(f"Log Mean Final Error: {np.log10(losses.mean()):.2f}   (log10 of the mean loss; ln(mean loss): "
               f"{np.log(losses.mean()):.2f}){seed_note}")
-        if len(lanes) == 1:
-            print(f"Mean epoch time: {elapsed / num_epochs:.2f} s")
         choices = [row[k] for row in evaluated.records] if guard else []
         if guard:
             cost = rule.cost()
@@ -120,8 +118,8 @@ def run_and_record_seeds(lanes, optimizer, num_steps, num_epochs, run_flags, gua
         extra = {"learned_step": np.asarray(choices, np.float32)} if guard else {}
         fileio.atomic_save_npz(record + ".npz", losses=losses, flags=json.dumps(flags_k), **extra)
         print(f"Loss record: {record} (and .npz)")
-    if len(lanes) > 1:
-        print(f"Mean epoch time: {elapsed / num_epochs:.2f} s for the {len(lanes)} seeds together")
+    together = f" for the {len(lanes)} seeds together" if len(lanes) > 1 else ""
+    print(f"Mean epoch time: {elapsed / num_epochs:.2f} s{together}")
     return list(evaluated.losses)
 
 
