@@ -122,6 +122,8 @@ def define_training_flags(evaluation_period, mt_ratios, rnnprop=False):
     flags.DEFINE_string("auxiliary_optimizers", "adam,sgd,adagrad", "Self-improving auxiliaries.")
     flags.DEFINE_integer("auxiliary_decay_epochs", 100, "Epochs over which auxiliary probabilities decay to 0.")
     flags.DEFINE_integer("seed", None, "Seed of every random draw; none = a fresh one, logged and checkpointed.")
+    flags.DEFINE_integer("snapshot_every", 0, "Also keep the weights after every this many epochs as "
+                         "<key>.l2l-<epoch>, improved or not (the paper's Fig. 4); 0: only the original's saves.")
     flags.DEFINE_integer("checkpoint_secs", 60, "Also checkpoint at the end of an epoch after this many seconds "
                          "(and always at each validation and on Ctrl-C).")
     flags.DEFINE_string("tensorboard_dir", None, "Write meta-loss, imitation loss, validation cost, curriculum stage "

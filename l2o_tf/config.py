@@ -43,6 +43,7 @@ class TrainConfig:
     auxiliary_optimizers: tuple = ("adam", "sgd", "adagrad")
     auxiliary_decay_epochs: int = 100
     seed: int | None = None
+    snapshot_every: int = 0               # also keep the weights of every this many epochs (<key>.l2l-<epoch>); 0: off
     checkpoint_secs: float = 60.0
     tensorboard_dir: str | None = None
     strategy: str = "default"             # l2o_tf.distribute: one device, all local GPUs, or a $TF_CONFIG cluster
@@ -77,6 +78,14 @@ class TrainConfig:
             if not isinstance(value, int) or value <= 0:
                 raise errors.UsageError(f"--{name} must be a positive integer, got {value!r}")
         check_distribute(self.strategy, self.num_optimizees)
+        if not isinstance(self.snapshot_every, int) or self.snapshot_every < 0:
+            raise errors.UsageError(f"--snapshot_every must be 0 (off) or a positive integer, got "
+                                    f"{self.snapshot_every!r}")
+        if self.snapshot_every and self.if_cl:
+            raise errors.UsageError("--snapshot_every is for runs without --if_cl: the curriculum names its saves "
+                                    "<key>.l2l-<stage>")
+        if self.snapshot_every and not self.save_path:
+            raise errors.UsageError("--snapshot_every needs --save_path, where the snapshots go")
         for name in ("learning_rate", "rd_scale_bound", "checkpoint_secs"):
             if not getattr(self, name) > 0:
                 raise errors.UsageError(f"--{name} must be positive, got {getattr(self, name)!r}")

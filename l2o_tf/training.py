@@ -198,6 +198,8 @@ class MetaTraining:
                 if time.time() - last_log > LOG_EVERY_SECS or self.epoch == start_epoch + 1:
                     self._log_progress(record, epoch_times)
                     last_log = time.time()
+                if config.snapshot_every and self.epoch % config.snapshot_every == 0:
+                    self.save_model(self.epoch, best=False)
                 if self.epoch % config.evaluation_period == 0:
                     self.evaluate()
                     self.checkpoint()
@@ -245,12 +247,13 @@ class MetaTraining:
     def best_model_path(self):
         return os.path.join(self.config.save_path or "", f"{self.cell.key}.l2l-0")
 
-    def save_model(self, index):
-        """`<key>.l2l-<index>` and `<key>.l2l-0` (the best so far), with a sidecar saying how it was trained."""
+    def save_model(self, index, best=True):
+        """`<key>.l2l-<index>` and, when it is the best so far, `<key>.l2l-0`, each with a sidecar saying how it was
+        trained."""
         if self.config.save_path and self.chief:
             metadata = {"trained_on": self.problem.name, "data_source": data_source(self.problem),
                         "epoch": self.epoch, "seed": self.seed}
-            for i in {index, 0}:
+            for i in {index, 0} if best else {index}:
                 networks.save(self.cell, self.config.save_path, i, metadata=metadata)
 
     def restore_model(self, index):

@@ -167,6 +167,29 @@ def test_saved_indices_and_l2l_0_is_the_best_validated_model(quadratic, tmp_path
     assert not all(np.array_equal(a, b) for a, b in zip(snapshots[2], snapshots[4]))
 
 
+def test_snapshots_keep_every_nth_epochs_weights_and_l2l_0_stays_the_best(quadratic, tmp_path):
+    """--snapshot_every=2: l2l-2 and l2l-4 hold the weights after epochs 2 and 4 whether or not they validated best."""
+    run = training.MetaTraining(config(evaluation_period=1, num_epochs=4, snapshot_every=2, save_path=str(tmp_path)),
+                                quadratic)
+    script_validation(run, [3.0, 2.0, 2.5, 2.2])  # epoch 2 is the best; epoch 4 is not
+    after_epoch = {}
+    original_evaluate = run.evaluate
+
+    def evaluate():
+        after_epoch[run.epoch] = weights(run.cell)
+        return original_evaluate()
+
+    run.evaluate = evaluate
+    run.run()
+    saved = sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / "cw.l2l-*")) if not p.endswith(".json"))
+    assert saved == ["cw.l2l-0", "cw.l2l-1", "cw.l2l-2", "cw.l2l-4"]
+    cell = networks.for_problem("dm", "quadratic")
+    for name, epoch in (("cw.l2l-4", 4), ("cw.l2l-2", 2), ("cw.l2l-0", 2)):
+        cell.set_original_weights(original_pickle.read(str(tmp_path / name)))
+        for mine, expected in zip(weights(cell), after_epoch[epoch]):
+            np.testing.assert_array_equal(mine, expected)
+
+
 def test_the_sidecar_and_history_record_the_data_source(tiny_mnist, tmp_path):
     run = training.MetaTraining(config(problem="mnist", num_epochs=1, evaluation_period=1, save_path=str(tmp_path)),
                                 tiny_mnist)
@@ -251,7 +274,10 @@ def test_bad_configs_are_usage_errors():
     for overrides, message in [(dict(num_steps=4), "fewer than one unroll"), (dict(num_epochs=0), "--num_epochs"),
                                (dict(optimizers=("adamw",)), "unknown optimizer 'adamw'"),
                                (dict(if_cl=True), "--if_cl needs --save_path"),
-                               (dict(mt_ratio=1.5), "--mt_ratio"), (dict(net="lstm"), "unknown network")]:
+                               (dict(mt_ratio=1.5), "--mt_ratio"), (dict(net="lstm"), "unknown network"),
+                               (dict(snapshot_every=-1), "--snapshot_every must be 0"),
+                               (dict(snapshot_every=5), "--snapshot_every needs --save_path"),
+                               (dict(snapshot_every=5, if_cl=True, save_path="x"), "without --if_cl")]:
         with pytest.raises(errors.UsageError, match=message):
             config(**overrides).validate()
     assert config_lib.parse_names("Adam, SGD") == ("adam", "sgd")
