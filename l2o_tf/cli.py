@@ -153,6 +153,12 @@ def define_reproduce_flags(defaults, presets, experiments):
                       f"{', '.join(experiments)}.")
     flags.DEFINE_list("train_seeds", defaults["train_seeds"], "Training seeds: every experiment is trained once per "
                       "seed.")
+    flags.DEFINE_multi_string("experiment_seeds", defaults["experiment_seeds"], "<experiment>:<seed>,<seed>...: "
+                              "that experiment's training seeds instead of --train_seeds (repeat for several).")
+    flags.DEFINE_list("snapshot_epochs", defaults["snapshot_epochs"], "Evaluate the periodic saves after these epochs "
+                      "of every experiment whose config sets --snapshot_every (the paper's Fig. 4).")
+    flags.DEFINE_list("snapshot_problems", defaults["snapshot_problems"], "Problems on which those saves are "
+                      "evaluated.")
     flags.DEFINE_list("originals", defaults["originals"], "Shipped original models to evaluate beside ours "
                       "(l2o_tf.models.SHIPPED).")
     flags.DEFINE_list("problems", defaults["problems"], "Problems to evaluate on (CIFAR ones need the data).")

@@ -19,7 +19,7 @@ import time
 from l2o_tf import cli
 from l2o_tf import errors
 
-PRESETS = ("smoke", "short", "paper")
+PRESETS = ("smoke", "short", "paper", "paper_mnist")
 # experiment -> (entry point, its flag naming the output directory, the trained model inside that directory)
 EXPERIMENTS = {
     **{name: ("l2o_tf.train_dm", "save_path", "cw.l2l-0") for name in ("dm", "dm_aug", "dm_cl", "dm_il", "dm_cl_il",
@@ -88,6 +88,7 @@ class Plan:
     DEFAULTS = {"preset": None, "runs_dir": None, "configs_dir": "configs", "experiments": [], "train_seeds": ["1"],
                 "originals": [], "problems": ["mnist"], "eval_steps": 10000, "conv_eval_steps": None,
                 "eval_seeds": ["2"], "adam_learning_rate": 0.01, "tune": True, "guard_problems": [],
+                "experiment_seeds": [], "snapshot_epochs": [], "snapshot_problems": [],
                 "data_dir": None, "download": False, "dry_run": False, "report": False}
 
     def __init__(self, **settings):
@@ -97,9 +98,22 @@ class Plan:
         for name, value in {**self.DEFAULTS, **settings}.items():
             setattr(self, name, value)
         self.train_seeds = [str(s) for s in self.train_seeds]
+        self.snapshot_epochs = [str(e) for e in self.snapshot_epochs]
         self.eval_seeds = [str(s) for s in self.eval_seeds]
         if self.preset in PRESETS:
             self.runs_dir = self.runs_dir or os.path.join("runs", self.preset)
+
+    def seeds_of(self, experiment):
+        """The training seeds of `experiment`: its `--experiment_seeds=<name>:<seed>,...` entry, else --train_seeds."""
+        for entry in self.experiment_seeds:
+            name, _, seeds = entry.partition(":")
+            if name.strip() == experiment:
+                return [s.strip() for s in seeds.split(",") if s.strip()]
+        return self.train_seeds
+
+    def snapshots_of(self, experiment):
+        """The epochs whose periodic saves (`--snapshot_every` in the experiment's config) are evaluated."""
+        return self.snapshot_epochs if "snapshot_every" in self.merged_flags(experiment) else []
 
     def flagfiles(self, name):
         """The paper's flagfile of `name` and, when the preset has one, its overrides."""
@@ -129,6 +143,10 @@ class Plan:
     def trained_model(self, experiment, seed):
         return os.path.join(self.training_dir(experiment, seed), EXPERIMENTS[experiment][2])
 
+    def snapshot_model(self, experiment, seed, epoch):
+        """The periodic save after `epoch` epochs (`<key>.l2l-<epoch>`, L2O-DM and RNNprop)."""
+        return os.path.join(self.training_dir(experiment, seed), EXPERIMENTS[experiment][2][:-1] + str(epoch))
+
     def steps_on(self, problem):
         return self.conv_eval_steps if problem in CONVOLUTIONAL and self.conv_eval_steps else self.eval_steps
 
@@ -155,11 +173,20 @@ class Plan:
             raise ReproduceError("--guard_problems guard our trained dm: add dm to --experiments")
         for name in self.experiments + ["tuned_baselines", "guards"]:
             self.flagfiles(name)
-        for flag in ("train_seeds", "eval_seeds"):
+        for flag in ("train_seeds", "eval_seeds", "snapshot_epochs"):
             try:
                 [int(s) for s in getattr(self, flag)]
             except ValueError:
                 raise ReproduceError(f"--{flag}: expected integers, got {','.join(getattr(self, flag))}") from None
+        for entry in self.experiment_seeds:
+            name, colon, seeds = entry.partition(":")
+            if not colon or name.strip() not in self.experiments or not all(
+                    s.strip().isdigit() for s in seeds.split(",")):
+                raise ReproduceError(f"--experiment_seeds={entry!r}: expected <experiment>:<seed>,<seed>... for one "
+                                     f"of --experiments ({', '.join(self.experiments)})")
+        unknown = [p for p in self.snapshot_problems if p not in self.problems]
+        if unknown:
+            raise ReproduceError(f"--snapshot_problems: {', '.join(unknown)} not in --problems")
         cli.positive("eval_steps", self.eval_steps)
         if not self.dry_run:  # the data of every problem, before hours of training
             for problem in self.problems:
@@ -172,7 +199,10 @@ class Plan:
         rate or None for the tuned one), or ("guard", guard name)."""
         runs = []
         for problem in self.problems:
-            learned = [(f"{e}-t{s}", self.trained_model(e, s)) for e in self.experiments for s in self.train_seeds]
+            learned = [(f"{e}-t{s}", self.trained_model(e, s)) for e in self.experiments for s in self.seeds_of(e)]
+            if problem in self.snapshot_problems:
+                learned += [(f"{e}-t{s}-e{epoch}", self.snapshot_model(e, s, epoch)) for e in self.experiments
+                            for s in self.seeds_of(e) for epoch in self.snapshots_of(e)]
             learned += [(f"original-{name}", name) for name in self.originals]
             baselines = [("Adam", ("baseline", "Adam", self.adam_learning_rate))]
             if self.tune:
@@ -184,7 +214,7 @@ class Plan:
                 runs += [(problem, label, seed, ("learned", path)) for label, path in learned]
                 runs += [(problem, label, seed, what) for label, what in baselines]
                 if problem in self.guard_problems:
-                    runs += [(problem, f"{guard}-dm-t{self.train_seeds[0]}", seed, ("guard", guard))
+                    runs += [(problem, f"{guard}-dm-t{self.seeds_of('dm')[0]}", seed, ("guard", guard))
                              for guard in ("lgl2o", "gl2o")]
         return runs
 
@@ -212,8 +242,8 @@ class Plan:
 
     def expected_seconds(self):
         """(training, evaluation) seconds the plan should take on a 2-core CPU like ours, done parts included."""
-        training = sum(START_SECONDS["training"] + self.planned_unrolls(e)[0] * SECONDS_PER_UNROLL[EXPERIMENTS[e][0]]
-                       for e in self.experiments) * len(self.train_seeds)
+        training = sum((START_SECONDS["training"] + self.planned_unrolls(e)[0] * SECONDS_PER_UNROLL[EXPERIMENTS[e][0]])
+                       * len(self.seeds_of(e)) for e in self.experiments)
         evaluation = sum(START_SECONDS["evaluation"] + self.steps_on(problem) * SECONDS_PER_EVAL_STEP[
             "conv" if problem in CONVOLUTIONAL else "mlp"] for problem, *_ in self.evaluations())
         return training, evaluation
@@ -229,7 +259,7 @@ class Plan:
     def print_plan(self):
         self.announce_expected_time()
         for experiment in self.experiments:
-            for seed in self.train_seeds:
+            for seed in self.seeds_of(experiment):
                 done = os.path.exists(os.path.join(self.training_dir(experiment, seed), "DONE.json"))
                 print(("[done] " if done else "") + " ".join(self.training_command(experiment, seed)))
         if self.tune:
@@ -250,7 +280,7 @@ class Plan:
 
     def train_all(self):
         for experiment in self.experiments:
-            for seed in self.train_seeds:
+            for seed in self.seeds_of(experiment):
                 directory = self.training_dir(experiment, seed)
                 marker = os.path.join(directory, "DONE.json")
                 if os.path.exists(marker):
@@ -327,7 +357,7 @@ class Plan:
                  "batch": guard_settings.get("guard_batch", "fresh")}
         if what[1] == "gl2o":
             guard["mu_update"] = guard_settings.get("guard_mu_update", "ema")
-        learned = models.load(self.trained_model("dm", self.train_seeds[0]))
+        learned = models.load(self.trained_model("dm", self.seeds_of("dm")[0]))
         return {}, guard, [guards.guard_problem(base_problem, learned, seed, **guard) for seed in seeds]
 
     def summarise(self):
@@ -356,9 +386,8 @@ class Plan:
             lines += [f"## {problem} ({rows[0]['steps']} steps)", "",
                       "| optimizer | steps 1-100 | ~500 | ~2,000 | last 100 | runs |", "|---|---|---|---|---|---|"]
             groups = {label: [label] for label in dict.fromkeys(e["label"] for e in rows)}
-            if len(self.train_seeds) > 1:  # and each experiment over its training seeds
-                groups.update({f"{e} (all training seeds)": [f"{e}-t{s}" for s in self.train_seeds]
-                               for e in self.experiments})
+            groups.update({f"{e} (all training seeds)": [f"{e}-t{s}" for s in self.seeds_of(e)]
+                           for e in self.experiments if len(self.seeds_of(e)) > 1})  # each over its training seeds
             for label, members in groups.items():
                 runs = [e for e in rows if e["label"] in members]
                 if not runs:

@@ -13,7 +13,7 @@ from conftest import run_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
-PRESETS = ("smoke", "short", "paper")
+PRESETS = ("smoke", "short", "paper", "paper_mnist")
 
 def config_cases():
     """(entry point, flagfiles): every experiment's paper config with each preset's overrides, and the presets."""
@@ -86,7 +86,10 @@ def test_dry_run_lists_the_plan_and_what_is_done(tmp_path, new_user_env):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--preset=fast"], "--preset must be one of smoke, short, paper"),
+    (["--preset=fast"], "--preset must be one of smoke, short, paper, paper_mnist"),
+    (["--preset=short", "--experiments=dm", "--experiment_seeds=rnnprop:1,2"], "--experiment_seeds='rnnprop:1,2'"),
+    (["--preset=short", "--experiments=dm", "--experiment_seeds=dm:1,x"], "--experiment_seeds='dm:1,x'"),
+    (["--preset=short", "--experiments=dm", "--snapshot_problems=mnist_relu"], "mnist_relu not in --problems"),
     (["--preset=short", "--experiments=dm,dm_xl"], "unknown names: dm_xl"),
     (["--preset=short", "--experiments=dm", "--problems=mnist,imagenet"], "unknown names: imagenet"),
     (["--preset=short", "--experiments=rnnprop", "--guard_problems=mnist"], "guard our trained dm"),
@@ -104,7 +107,8 @@ def test_bad_plans_fail_in_a_line_before_tensorflow(flags, message, new_user_env
 def test_run_all_needs_a_preset():
     result = subprocess.run(["bash", os.path.join(REPO, "run_all.sh"), "--dry_run"], capture_output=True, text=True)
     assert result.returncode == 2
-    assert result.stderr.strip() == "error: give --preset=smoke, --preset=short or --preset=paper"
+    assert result.stderr.strip() == ("error: give --preset=smoke, --preset=short, --preset=paper or "
+                                     "--preset=paper_mnist")
 
 
 def test_a_tiny_reproduction_end_to_end_and_its_rerun(tmp_path, new_user_env):
@@ -196,3 +200,27 @@ def test_results_table_per_training_seed_and_over_them(tmp_path):
     assert table.rstrip().endswith(f"{both.mean():.2f} ± {both.std():.2f} | 4 |")
     entries = json.loads((tmp_path / "results.json").read_text())
     assert len(entries) == 4 and {e["label"] for e in entries} == {"dm-t1", "dm-t2"}
+
+
+def test_per_experiment_seeds_and_snapshot_evaluations(tmp_path):
+    """--experiment_seeds gives one experiment its own training seeds; the saves after --snapshot_epochs of an
+    experiment whose config sets --snapshot_every are evaluated on --snapshot_problems only."""
+    from l2o_tf import reproduce
+    configs = tmp_path / "configs"
+    (configs / "p").mkdir(parents=True)
+    for name in ("dm", "rnnprop", "tuned_baselines", "guards"):
+        (configs / f"{name}.flags").write_text("--num_epochs=10\n")
+    (configs / "p" / "dm.flags").write_text("--snapshot_every=5\n")
+    plan = reproduce.Plan(preset="p", runs_dir=str(tmp_path / "runs"), configs_dir=str(configs),
+                          experiments=["dm", "rnnprop"], train_seeds=[1], experiment_seeds=["rnnprop:1,2,3"],
+                          snapshot_epochs=[5, 10], snapshot_problems=["mnist"], problems=["mnist", "mnist_relu"],
+                          eval_seeds=[2], tune=False)
+    assert plan.seeds_of("dm") == ["1"] and plan.seeds_of("rnnprop") == ["1", "2", "3"]
+    learned = {(problem, label): what[1] for problem, label, _, what in plan.evaluations() if what[0] == "learned"}
+    run = str(tmp_path / "runs" / "train")
+    assert learned == {
+        **{(p, "dm-t1"): f"{run}/dm/seed1/cw.l2l-0" for p in ("mnist", "mnist_relu")},
+        **{(p, f"rnnprop-t{s}"): f"{run}/rnnprop/seed{s}/rp.l2l-0" for p in ("mnist", "mnist_relu") for s in (1, 2, 3)},
+        ("mnist", "dm-t1-e5"): f"{run}/dm/seed1/cw.l2l-5", ("mnist", "dm-t1-e10"): f"{run}/dm/seed1/cw.l2l-10"}
+    commands = [" ".join(plan.training_command(e, s)) for e in plan.experiments for s in plan.seeds_of(e)]
+    assert len(commands) == 4 and commands[-1].endswith(f"--save_path={run}/rnnprop/seed3 --seed=3")
