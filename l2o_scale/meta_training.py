@@ -273,6 +273,10 @@ class ScaleTraining(training.MetaTraining):
         """Sum over --evaluation_epochs runs of `steps` // --fix_unroll_length unrolls (§3.5)."""
         return self.iterations.validate(plans.curriculum_unrolls(steps, self.config.fix_unroll_length))
 
+    def snapshot_due(self):
+        """Never: L2O-Scale's metarun keeps only the original's saves (it has no --snapshot_every)."""
+        return False
+
     def save_model(self, index):
         """An improvement: model.ckpt-<stage> and model.ckpt-0 under the curriculum, else model.ckpt-0 (§3.6)."""
         for i in ({index, 0} if self.config.if_cl else {0}):

@@ -198,7 +198,7 @@ class MetaTraining:
                 if time.time() - last_log > LOG_EVERY_SECS or self.epoch == start_epoch + 1:
                     self._log_progress(record, epoch_times)
                     last_log = time.time()
-                if config.snapshot_every and self.epoch % config.snapshot_every == 0:
+                if self.snapshot_due():
                     self.save_model(self.epoch, best=False)
                 if self.epoch % config.evaluation_period == 0:
                     self.evaluate()
@@ -246,6 +246,11 @@ class MetaTraining:
     # -- files ----------------------------------------------------------------------------------------------------
     def best_model_path(self):
         return os.path.join(self.config.save_path or "", f"{self.cell.key}.l2l-0")
+
+    def snapshot_due(self):
+        """Whether this epoch's weights are kept as a periodic save (--snapshot_every)."""
+        every = self.config.snapshot_every
+        return bool(every) and self.epoch % every == 0
 
     def save_model(self, index, best=True):
         """`<key>.l2l-<index>` and, when it is the best so far, `<key>.l2l-0`, each with a sidecar saying how it was
