@@ -60,6 +60,18 @@ def script_validation(run, costs):
     return asked
 
 
+def weights_at_validations(run):
+    """{epoch: the cell's weights when that epoch's validation starts}, filled as the run goes."""
+    snapshots, original = {}, run.evaluate
+
+    def evaluate():
+        snapshots[run.epoch] = weights(run.cell)
+        return original()
+
+    run.evaluate = evaluate
+    return snapshots
+
+
 def flat(tensors):
     return rules.flatten(tensors).numpy()
 
@@ -148,14 +160,7 @@ def test_if_scale_scales_training_trajectories_only(quadratic):
 def test_saved_indices_and_l2l_0_is_the_best_validated_model(quadratic, tmp_path):
     run = training.MetaTraining(config(evaluation_period=1, num_epochs=4, save_path=str(tmp_path)), quadratic)
     script_validation(run, [3.0, 2.0, 2.5, 2.2])
-    snapshots = {}
-    original_evaluate = run.evaluate
-
-    def evaluate():
-        snapshots[run.epoch] = weights(run.cell)
-        return original_evaluate()
-
-    run.evaluate = evaluate
+    snapshots = weights_at_validations(run)
     run.run()
     saved = sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / "cw.l2l-*")) if not p.endswith(".json"))
     assert saved == ["cw.l2l-0", "cw.l2l-1", "cw.l2l-2"]  # epochs 3 and 4 did not beat epoch 2
@@ -172,14 +177,7 @@ def test_snapshots_keep_every_nth_epochs_weights_and_l2l_0_stays_the_best(quadra
     run = training.MetaTraining(config(evaluation_period=1, num_epochs=4, snapshot_every=2, save_path=str(tmp_path)),
                                 quadratic)
     script_validation(run, [3.0, 2.0, 2.5, 2.2])  # epoch 2 is the best; epoch 4 is not
-    after_epoch = {}
-    original_evaluate = run.evaluate
-
-    def evaluate():
-        after_epoch[run.epoch] = weights(run.cell)
-        return original_evaluate()
-
-    run.evaluate = evaluate
+    after_epoch = weights_at_validations(run)
     run.run()
     saved = sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / "cw.l2l-*")) if not p.endswith(".json"))
     assert saved == ["cw.l2l-0", "cw.l2l-1", "cw.l2l-2", "cw.l2l-4"]
