@@ -62,6 +62,18 @@ def read_flagfile(path):
     return values
 
 
+def parse_experiment_seeds(entries):
+    """['rnnprop:1,2,3', ...] -> {'rnnprop': ['1', '2', '3'], ...} (--experiment_seeds)."""
+    seeds = {}
+    for entry in entries:
+        name, colon, values = entry.partition(":")
+        values = [v.strip() for v in values.split(",")]
+        if not colon or not name.strip() or not all(v.isdigit() for v in values):
+            raise ReproduceError(f"--experiment_seeds={entry!r}: expected <experiment>:<seed>,<seed>...")
+        seeds[name.strip()] = values
+    return seeds
+
+
 def record_optimizer(what):
     return "L2L" if what[0] in ("learned", "guard") else what[1]
 
@@ -99,17 +111,14 @@ class Plan:
             setattr(self, name, value)
         self.train_seeds = [str(s) for s in self.train_seeds]
         self.snapshot_epochs = [str(e) for e in self.snapshot_epochs]
+        self.seeds_by_experiment = parse_experiment_seeds(self.experiment_seeds)
         self.eval_seeds = [str(s) for s in self.eval_seeds]
         if self.preset in PRESETS:
             self.runs_dir = self.runs_dir or os.path.join("runs", self.preset)
 
     def seeds_of(self, experiment):
         """The training seeds of `experiment`: its `--experiment_seeds=<name>:<seed>,...` entry, else --train_seeds."""
-        for entry in self.experiment_seeds:
-            name, _, seeds = entry.partition(":")
-            if name.strip() == experiment:
-                return [s.strip() for s in seeds.split(",") if s.strip()]
-        return self.train_seeds
+        return self.seeds_by_experiment.get(experiment, self.train_seeds)
 
     def snapshots_of(self, experiment):
         """The epochs whose periodic saves (`--snapshot_every` in the experiment's config) are evaluated."""
@@ -178,12 +187,10 @@ class Plan:
                 [int(s) for s in getattr(self, flag)]
             except ValueError:
                 raise ReproduceError(f"--{flag}: expected integers, got {','.join(getattr(self, flag))}") from None
-        for entry in self.experiment_seeds:
-            name, colon, seeds = entry.partition(":")
-            if not colon or name.strip() not in self.experiments or not all(
-                    s.strip().isdigit() for s in seeds.split(",")):
-                raise ReproduceError(f"--experiment_seeds={entry!r}: expected <experiment>:<seed>,<seed>... for one "
-                                     f"of --experiments ({', '.join(self.experiments)})")
+        strays = [name for name in self.seeds_by_experiment if name not in self.experiments]
+        if strays:
+            raise ReproduceError(f"--experiment_seeds names {', '.join(strays)}, not in --experiments "
+                                 f"({', '.join(self.experiments)})")
         unknown = [p for p in self.snapshot_problems if p not in self.problems]
         if unknown:
             raise ReproduceError(f"--snapshot_problems: {', '.join(unknown)} not in --problems")

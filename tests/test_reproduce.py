@@ -87,7 +87,7 @@ def test_dry_run_lists_the_plan_and_what_is_done(tmp_path, new_user_env):
 
 @pytest.mark.parametrize("flags, message", [
     (["--preset=fast"], "--preset must be one of smoke, short, paper, paper_mnist"),
-    (["--preset=short", "--experiments=dm", "--experiment_seeds=rnnprop:1,2"], "--experiment_seeds='rnnprop:1,2'"),
+    (["--preset=short", "--experiments=dm", "--experiment_seeds=rnnprop:1,2"], "names rnnprop, not in --experiments"),
     (["--preset=short", "--experiments=dm", "--experiment_seeds=dm:1,x"], "--experiment_seeds='dm:1,x'"),
     (["--preset=short", "--experiments=dm", "--snapshot_problems=mnist_relu"], "mnist_relu not in --problems"),
     (["--preset=short", "--experiments=dm,dm_xl"], "unknown names: dm_xl"),
