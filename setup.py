@@ -9,12 +9,13 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["l2o_tf", "l2o_tf.*", "l2o_scale", "l2o_scale.*"]),
-    package_data={"l2o_tf": ["data/*.npz", "pretrained/README.md", "pretrained/*/*.l2l-0"]},
+    package_data={"l2o_tf": ["data/*.npz", "pretrained/README.md", "pretrained/*/*.l2l-0",
+                             "pretrained/*/checkpoint", "pretrained/*/model.ckpt-*"]},
     install_requires=[
         "tensorflow>=2.16",
         "keras>=3",
         "tensorflow-datasets",
-        "importlib_resources",
+        "importlib_resources",  # tensorflow-datasets imports it without declaring it
         "absl-py",
         "numpy",
     ],

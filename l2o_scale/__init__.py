@@ -1,8 +1,8 @@
-"""L2O-Scale: the hierarchical (3-level GRU) learned optimizer of the original code (SPEC_SCALE).
+"""L2O-Scale: the hierarchical (3-level GRU) learned optimizer of the original code.
 
-    opt = l2o_scale.load(".../scale_cl_il/model.ckpt-0")   # or its directory, or a checkpoint we saved
-    state = opt.initial_state(params)                       # params: list of tensors in problem order
-    deltas, state = opt.step(gradients, state)              # new params = params + deltas
+    opt = l2o_scale.load("scale_smoke")         # the shipped 6-step smoke test, or a checkpoint directory or prefix
+    state = opt.initial_state(params)           # params: list of tensors in problem order
+    deltas, state = opt.step(gradients, state)  # new params = params + deltas
 
 Submodules load on first use, so the command-line layer can check flags before importing TensorFlow.
 """

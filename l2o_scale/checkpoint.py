@@ -18,6 +18,7 @@ import numpy as np
 
 from l2o_tf import errors
 from l2o_tf import fileio
+from l2o_tf import models
 
 LOGDIR_NAME = "HierarchicalRNN_GRUCell_20_2"  # the original's logdir under --train_dir
 DATA_SUFFIX = ".data-00000-of-00001"
@@ -28,12 +29,15 @@ class CheckpointError(errors.L2OError):
 
 
 def resolve(path, restore_model_name=None):
-    """The checkpoint prefix for `path`: a prefix (`.../model.ckpt-0`), or a directory.
+    """The checkpoint prefix for `path`: a shipped name (`scale_smoke`), a prefix (`.../model.ckpt-0`), or a
+    directory.
 
     For a directory: its `HierarchicalRNN_GRUCell_20_2` subdirectory when it has one (the original's --train_dir
     layout), then `restore_model_name` inside it when given, else the latest checkpoint its `checkpoint` file names,
     else its only `*.index` file."""
     path = os.fspath(path)
+    if path in models.SHIPPED_SCALE:
+        path = models.shipped_path(path)
     if os.path.isdir(path):
         logdir = os.path.join(path, LOGDIR_NAME)
         directory = logdir if os.path.isdir(logdir) else path
@@ -52,8 +56,9 @@ def resolve(path, restore_model_name=None):
     if restore_model_name:
         raise CheckpointError(f"{path} is not a directory; a restore model name needs the directory holding it")
     if not os.path.exists(path + ".index"):
-        hint = " (give the prefix without .index)" if path.endswith(".index") else ""
-        raise CheckpointError(f"{path}: no such checkpoint directory or prefix ({path}.index does not exist){hint}")
+        hint = ("give the prefix without .index" if path.endswith(".index")
+                else f"shipped checkpoints: {', '.join(models.SHIPPED_SCALE)}")
+        raise CheckpointError(f"{path}: no such checkpoint directory or prefix ({path}.index does not exist; {hint})")
     return path
 
 

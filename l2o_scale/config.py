@@ -14,8 +14,10 @@ from l2o_tf import errors
 SCALE_SCHEDULE = (100, 200, 500, 1000, 1500, 2000, 2500, 3000, 3500, 4000, 4500, 5000)
 LOGDIR_NAME = "HierarchicalRNN_GRUCell_20_2"  # the original's logdir under --train_dir
 REG_OPTIONS = ("hessian", "hessian-ev", "hessian-esd", "jacob")
-RESUME_MUST_MATCH = ("problem", "if_cl", "if_mt", "fix_unroll", "fix_unroll_length", "fix_num_steps",
-                     "num_steps_schedule", "optimizer_config")
+# What a resumed run may change (as l2o_tf.config.RESUME_MAY_CHANGE): its length, where it runs, and where and when it
+# writes (--save_period: which model.ckpt-<k> are kept; jit_compile: XLA or not for validation runs).
+RESUME_MAY_CHANGE = ("num_meta_iterations", "train_dir", "logdir_name", "save_period", "checkpoint_secs",
+                     "tensorboard_dir", "strategy", "jit_compile")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +73,8 @@ class ScaleConfig:
     # -- what the shared trainer reads ----------------------------------------------------------------------------
     net = "scale"
     self_improving = False
+    epochs_flag = "num_meta_iterations"
+    resume_may_change = RESUME_MAY_CHANGE
 
     @property
     def save_path(self):
@@ -94,9 +98,6 @@ class ScaleConfig:
     @property
     def unroll_length(self):
         return self.fix_unroll_length
-
-    def resume_key(self):
-        return {name: _plain(getattr(self, name)) for name in RESUME_MUST_MATCH}
 
     def as_dict(self):
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}

@@ -157,8 +157,9 @@ class HierarchicalRNN(keras.layers.Layer, rules.UpdateRule):
         cell = dict(scale=self.gru_scale, gate_bias_init=self.gate_bias_init)
         self.cells = [BiasGRUCell(size, seed=self._next_seed(), name=f"level{i}_gru", **cell)
                       for i, size in enumerate(self.level_sizes)]
-        self._rng = (tf.random.Generator.from_non_deterministic_state() if seed is None
-                     else seeding.generator(seed, "initial learning rates"))
+        # draws the initial log learning rates (`initial_state` without `rng`); a trainer checkpoints it
+        self.initial_lr_generator = (tf.random.Generator.from_non_deterministic_state() if seed is None
+                                     else seeding.generator(seed, "initial learning rates"))
 
     # -- variables ----------------------------------------------------------------------------------------------
     def build(self, input_shape=None):
@@ -222,12 +223,12 @@ class HierarchicalRNN(keras.layers.Layer, rules.UpdateRule):
     # -- update-rule protocol -----------------------------------------------------------------------------------
     def reseed(self, seed):
         """Restart the generator of the initial log learning rates (what `initial_state` draws without `rng`)."""
-        seeding.reset(self._rng, seed, "initial learning rates")
+        seeding.reset(self.initial_lr_generator, seed, "initial learning rates")
 
     def initial_state(self, params, rng=None):
         """The original's reset state for `params` (tensors, variables or shapes), in problem order (§1.4)."""
         self._ensure_built()
-        rng = rng or self._rng
+        rng = rng or self.initial_lr_generator
         v = self._v
         low, high = self.init_lr_range
         tensors = []

@@ -21,8 +21,8 @@ Ctrl-C, progress, TensorBoard) is the shared `l2o_tf.training.MetaTraining` (see
 
 Validation (§3.5): `evaluation_epochs` runs from fresh N(0, 1) optimizees on the last training unroll's subset;
 each run's cost is the subset loss before its last update; the sum is returned (the shared loop divides by the
-number of runs when it reports). Random draws come from generators of their own (plans and data, validation,
-teacher, each optimizee's data and fresh optimizer states), each restored on resume.
+number of runs when it reports; its history keeps both). Random draws come from generators of their own (plans and
+data, validation, teacher, each optimizee's data and fresh optimizer states), each restored on resume.
 """
 import dataclasses
 import math
@@ -217,8 +217,9 @@ class ScaleTraining(training.MetaTraining):
     its scope."""
 
     def __init__(self, config, problem, optimizer=None, strategy=None):
-        if config.seed is None:  # draw the run's seed now, so that it also seeds the optimizer's initialisation
-            config = dataclasses.replace(config, seed=training._seed_or_fresh(None))
+        if config.seed is None:  # the run's seed now (a resumed run's own), so that it also seeds the optimizer
+            _, saved = training.resume_point(config.save_path)
+            config = dataclasses.replace(config, seed=training.run_seed(None, saved))
         if optimizer is None:
             optimizer = hierarchical_rnn.HierarchicalRNN(seed=int(config.seed), **config.optimizer_config)
         # optimizee k > 0 draws its fresh optimizer states from a generator of its own, made on its replica's device
@@ -226,7 +227,7 @@ class ScaleTraining(training.MetaTraining):
         strategy, count = distribute.strategy_and_count(config.validate(), strategy)
         self._state_rngs = distribute.optimizee_generators(
             strategy, count, (STATE_STREAM,),
-            lambda name: optimizer._rng if name == STATE_STREAM else seeding.generator(config.seed, name))[STATE_STREAM]
+            lambda name: optimizer.initial_lr_generator if name == STATE_STREAM else seeding.generator(config.seed, name))[STATE_STREAM]
         super().__init__(config, problem, cell=optimizer, strategy=strategy)
 
     # -- the shared trainer's hooks -------------------------------------------------------------------------------
@@ -242,18 +243,15 @@ class ScaleTraining(training.MetaTraining):
                   for carried, has_carried in zip(iterations.carried[1:], iterations.has_carried[1:])]
         return {"weights": list(iterations.variables), "meta_optimizer": iterations.meta_optimizer,
                 "carried_state": tf.nest.flatten(iterations.carried[0]),
-                "has_carried_state": iterations.has_carried[0], "initial_lr_generator": self.cell._rng,
+                "has_carried_state": iterations.has_carried[0], "initial_lr_generator": self.cell.initial_lr_generator,
                 **({"optimizee_carried_states": others} if others else {})}
 
     def _progress_state(self):
         return {**super()._progress_state(), "scale_random_states": self.iterations.random_states()}
 
-    def _restore(self):
-        resumed = super()._restore()
-        if resumed:
-            state = training._read_progress(self._manager.latest_checkpoint)
-            self.iterations.set_random_states(state["scale_random_states"])
-        return resumed
+    def _restore(self, state):
+        super()._restore(state)
+        self.iterations.set_random_states(state["scale_random_states"])
 
     # -- what differs from DM -------------------------------------------------------------------------------------
     def train_epoch(self):

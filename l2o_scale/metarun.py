@@ -9,7 +9,9 @@ The README's run (curriculum + imitation; its regulariser is off, --regularize_t
 
 Writes TF1 checkpoints with the original variable names to <train_dir>/HierarchicalRNN_GRUCell_20_2/ (model.ckpt-0 is
 the best; evaluate it with `python -m l2o_scale.metatest --train_dir=<train_dir> --restore_model_name=model.ckpt-0`).
-Running the same command again resumes; Ctrl-C saves first and says so. --strategy and --num_optimizees spread
+Running the same command again resumes; Ctrl-C saves first and says so. A resume refuses any changed setting but
+--num_meta_iterations (raise it to continue a run that reached it), --checkpoint_secs, --tensorboard_dir,
+--save_period and --strategy; a finished run says so and trains no further. --strategy and --num_optimizees spread
 each meta-iteration over several optimizees and devices as L2O-DM's (the README's "Scaling out").
 """
 import dataclasses
@@ -21,6 +23,7 @@ from l2o_tf import cli
 from l2o_tf import curriculum
 from l2o_tf import datasets
 from l2o_tf import errors
+from l2o_tf import names
 
 FLAGS = flags.FLAGS
 # problem-group flag -> l2o_tf problem name (None: a problem of the original's train copy not implemented here)
@@ -98,7 +101,8 @@ flags.DEFINE_integer("hessian_itrs", 10, "Iterations of the curvature estimates.
 flags.DEFINE_string("reg_option", "hessian", "Curvature estimate: hessian, hessian-ev, hessian-esd, jacob.")
 for _flag, _argument in INIT_FLAGS.items():
     flags.DEFINE_float(_flag, None, f"HierarchicalRNN initialisation ({_argument}); default the original's.")
-flags.DEFINE_integer("seed", None, "Seed of every random draw; none = a fresh one, logged and checkpointed.")
+flags.DEFINE_integer("seed", None, "Seed of every random draw; none = a fresh one, logged and checkpointed "
+                     "(resuming: the run's own).")
 flags.DEFINE_integer("checkpoint_secs", 60, "Also checkpoint after a meta-iteration after this many seconds.")
 flags.DEFINE_string("tensorboard_dir", None, "Write meta-objective, validation cost and stage as TensorBoard scalars.")
 cli.define_distribute_flags()
@@ -148,7 +152,7 @@ def scale_config():
 def check():
     """The flags and the training data, before TensorFlow loads."""
     config = scale_config()
-    datasets.load(datasets.PROBLEM_DATASETS[config.problem], "train", data_dir=FLAGS.data_dir, download=FLAGS.download)
+    datasets.load(names.PROBLEM_DATASETS[config.problem], "train", data_dir=FLAGS.data_dir, download=FLAGS.download)
 
 
 def main():

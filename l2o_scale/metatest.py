@@ -1,6 +1,6 @@
-"""Evaluate L2O-Scale (or a baseline) on the test problems: the original `learned_optimizer/metatest.py` flags.
+r"""Evaluate L2O-Scale (or a baseline) on the test problems: the original `learned_optimizer/metatest.py` flags.
 
-    python -m l2o_scale.metatest --train_dir=.../scale_cl_il --restore_model_name=model.ckpt-0 \
+    python -m l2o_scale.metatest --train_dir=scale_smoke --restore_model_name=model.ckpt-0 \
         --include_mnist_mlp_problems --model_name=mnist --num_testing_itrs=10000 --save_dir=out --data_dir=DIR
 
 For every selected group (MLP, MLP-relu, MLP-deeper, conv, conv-orig, CIFAR conv, in that order) and every seed,
@@ -19,6 +19,7 @@ from l2o_scale import checkpoint
 from l2o_tf import cli
 from l2o_tf import datasets
 from l2o_tf import errors
+from l2o_tf import names
 
 FLAGS = flags.FLAGS
 OPTIMIZERS = {"l2o": "L2o", "sgd": "SGD", "adam": "Adam", "adagrad": "Adagrad"}
@@ -33,7 +34,9 @@ GROUP_DATA = {"cifar10_conv": "cifar10"}  # the others use MNIST
 PROGRESS_EVERY = 1000  # the original printed "iteration i" every 1000 iterations
 
 flags.DEFINE_string("train_dir", "opt/", "Checkpoint root: the directory holding HierarchicalRNN_GRUCell_20_2/ (the "
-                    "original layout), that logdir itself, or the directory holding the checkpoint.")
+                    "original layout), that logdir itself, the directory holding the checkpoint, or a shipped "
+                    "checkpoint's name (scale_smoke: the original code's 6-step smoke test, not a trained "
+                    "optimizer).")
 flags.DEFINE_string("restore_model_name", "", "Checkpoint inside the logdir, e.g. model.ckpt-0 (the README's); "
                     "empty = the latest one its `checkpoint` file names.")
 flags.DEFINE_string("save_dir", "opt/", "Directory for the loss records.")
@@ -48,7 +51,6 @@ flags.DEFINE_list("seeds", ["6", "12", "18", "24", "30"], "Seeds, one run each (
 flags.DEFINE_float("min_lr", None, "Override the checkpoint's init_lr_range low end (default 1e-6 as trained).")
 flags.DEFINE_float("max_lr", None, "Override the checkpoint's init_lr_range high end (default 1e-2 as trained).")
 cli.define_data_flags()
-flags.adopt_module_key_flags(cli)
 
 
 def check_flags():
@@ -57,7 +59,7 @@ def check_flags():
     if optimizer is None:
         raise errors.UsageError(f"unknown --test_optimizer={FLAGS.test_optimizer!r}: expected one of "
                                 f"{', '.join(OPTIMIZERS.values())}")
-    cli.positive("num_testing_itrs", FLAGS.num_testing_itrs)
+    names.positive("num_testing_itrs", FLAGS.num_testing_itrs)
     try:
         seeds = [int(s) for s in FLAGS.seeds]
     except ValueError:
@@ -70,15 +72,13 @@ def check_flags():
                                 + ", ".join(f"--{flag}" for _, flag, _ in GROUP_FLAGS))
     prefix = None
     if optimizer == "L2o":
-        if not os.path.isdir(FLAGS.train_dir) and FLAGS.restore_model_name:
-            raise errors.UsageError(f"--train_dir={FLAGS.train_dir} is not a directory")
         prefix = checkpoint.resolve(FLAGS.train_dir, FLAGS.restore_model_name or None)
     overrides = {}
     if FLAGS.min_lr is not None or FLAGS.max_lr is not None:
         if optimizer != "L2o":
             raise errors.UsageError("--min_lr / --max_lr only apply to --test_optimizer=L2o")
-        low = 1e-6 if FLAGS.min_lr is None else cli.positive("min_lr", FLAGS.min_lr)
-        high = 1e-2 if FLAGS.max_lr is None else cli.positive("max_lr", FLAGS.max_lr)
+        low = 1e-6 if FLAGS.min_lr is None else names.positive("min_lr", FLAGS.min_lr)
+        high = 1e-2 if FLAGS.max_lr is None else names.positive("max_lr", FLAGS.max_lr)
         if low > high:
             raise errors.UsageError(f"--min_lr={low} is above --max_lr={high}")
         overrides["init_lr_range"] = (low, high)
@@ -97,7 +97,7 @@ def record_path(seed, model_name):
 def run_all(optimizer, seeds, groups, prefix, overrides):
     import numpy as np  # pylint: disable=import-outside-toplevel
     from l2o_scale import eval_problems  # pylint: disable=import-outside-toplevel
-    from l2o_tf import fileio, meta, optimizers, seeding  # pylint: disable=import-outside-toplevel
+    from l2o_tf import fileio, meta, optimizers, problems, seeding  # pylint: disable=import-outside-toplevel
 
     if optimizer == "L2o":
         rule = checkpoint.load(prefix, **overrides)
@@ -124,7 +124,7 @@ def run_all(optimizer, seeds, groups, prefix, overrides):
                 eta = (total - offset - done) / max(rate, 1e-9)
                 logging.info("%s seed %d: iteration %d/%d  ln loss (mean of last %d) %.3f  %.0f steps/s  ETA %s",
                              group, seed, done, FLAGS.num_testing_itrs, min(done, 100),
-                             np.log(np.mean(losses[-100:])), rate, cli.format_duration(eta))
+                             np.log(np.mean(losses[-100:])), rate, names.format_duration(eta))
 
             _, losses = runner.run(runner.new_trajectory(), FLAGS.num_testing_itrs, chunk=PROGRESS_EVERY,
                                    callback=progress)
@@ -135,6 +135,7 @@ def run_all(optimizer, seeds, groups, prefix, overrides):
             path = record_path(seed, model_name)
             fileio.atomic_save_pickle(path, [float(v) for v in losses])
             run_flags = {"test_optimizer": optimizer, "group": group, "seed": seed, "checkpoint": prefix,
+                         "data_source": problems.data_source(problem),
                          "num_testing_itrs": FLAGS.num_testing_itrs, "model_name": model_name,
                          "overrides": {k: list(v) for k, v in overrides.items()}}
             fileio.atomic_save_npz(path + ".npz", losses=losses, flags=json.dumps(run_flags))

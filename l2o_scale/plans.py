@@ -124,18 +124,6 @@ def validation_batches(rng, subset, plan, batch_size):
     return batches
 
 
-def regularizer_switch(regularize_time, unroll, num_unrolls, reg_scale):
-    """Whether the optimizer regulariser accumulates in `unroll` (§4.3's jacob_switch)."""
-    boundary = int(num_unrolls * reg_scale + 1)
-    if regularize_time == "posterior":
-        return unroll > boundary
-    if regularize_time == "prior":
-        return unroll < boundary
-    if regularize_time == "none":
-        return False
-    return True
-
-
 def optimizee_init(rng, shapes):
     """The meta-training optimizee: N(0, 1) float32 in every tensor, biases included (§8.3)."""
     return [rng.standard_normal(shape).astype(np.float32) for shape in shapes]

@@ -20,11 +20,13 @@ from l2o_tf import config
 from l2o_tf import curriculum
 from l2o_tf import datasets
 from l2o_tf import errors
+from l2o_tf import models
+from l2o_tf import names
 from l2o_tf import original_pickle
+from l2o_tf import tuning
 
 FLAGS = flags.FLAGS
 UsageError = errors.UsageError
-BASELINES = ("Adam", "RMSProp", "SGD", "NAG", "Adagrad")
 
 
 def define_data_flags():
@@ -37,28 +39,30 @@ def define_data_flags():
 
 def define_evaluation_flags(rnnprop=False):
     """The original `evaluate_*.py` flags; `--optimizer` also takes the hand-designed baselines."""
-    flags.DEFINE_string("optimizer", "L2L", f"L2L (a learned optimizer from --path) or one of {', '.join(BASELINES)} "
+    flags.DEFINE_string("optimizer", "L2L", f"L2L (a learned optimizer from --path) or one of {', '.join(names.BASELINES)} "
                         "(any case).")
-    flags.DEFINE_string("problem", "mnist", f"Optimizee problem: {', '.join(datasets.PROBLEM_DATASETS)} (the "
+    flags.DEFINE_string("problem", "mnist", f"Optimizee problem: {', '.join(names.PROBLEM_DATASETS)} (the "
                         "original's default 'simple' is not a paper problem).")
-    flags.DEFINE_string("path", None, "Learned optimizer file, e.g. l2o_tf/pretrained/dm_cl_il/cw.l2l-0 (a shipped "
-                        "original model).")
+    flags.DEFINE_string("path", None, "Learned optimizer: a weights file (e.g. runs/dm/cw.l2l-0), a directory "
+                        "holding one, or the name of a shipped original model (e.g. dm_cl_il).")
     flags.DEFINE_string("output_path", "out", "Directory for the loss record.")
     flags.DEFINE_integer("num_epochs", 1, "Repeated runs; like the original, later epochs continue the trajectory.")
     flags.DEFINE_integer("num_steps", 10000, "Optimizee steps per epoch.")
     flags.DEFINE_float("learning_rate", 0.001, "Learning rate of a hand-designed --optimizer.")
     flags.DEFINE_integer("seed", None, "Seed of the optimizee init and minibatches; none = a fresh one, logged.")
     if rnnprop:
-        flags.DEFINE_float("beta1", 0.95, "RNNprop input feature beta1.")
-        flags.DEFINE_float("beta2", 0.95, "RNNprop input feature beta2.")
+        define_rnnprop_flags()
     flags.DEFINE_string("guard", None, "lgl2o or gl2o: guard the optimizer with --guard_optimizer (l2o_tf.guards); "
                         "the .npz then also records, per step, whether the learned step was taken.")
-    flags.DEFINE_string("guard_optimizer", "SGD", f"The guard's optimizer: one of {', '.join(BASELINES)}.")
+    flags.DEFINE_string("guard_optimizer", "SGD", f"The guard's optimizer: one of {', '.join(names.BASELINES)}.")
     flags.DEFINE_string("guard_learning_rate", None, "The guard optimizer's learning rate: a number, or "
                         "tuned:<json written by python -m l2o_tf.tune_baselines>.")
     flags.DEFINE_integer("guard_every", 1, "Decide every this many steps; the choice is kept in between.")
     flags.DEFINE_string("guard_batch", "fresh", "Compare the candidates on a fresh minibatch or the step's own.")
     flags.DEFINE_string("guard_mu_update", "ema", "GL2O's mu update: ema, geometric, recent or max.")
+    flags.DEFINE_string("guard_learned_state", "advance", "The learned optimizer's state when the guard's step is "
+                        "taken: advance (as if its own step had been taken), keep (as before the step) or reset (its "
+                        "initial state).")
     define_data_flags()
 
 
@@ -68,38 +72,39 @@ def guard_options():
     if FLAGS.guard is None:
         return None
     guard = FLAGS.guard.lower()
-    names = {name.lower(): name for name in BASELINES}
     checks = {"guard": (guard, ("lgl2o", "gl2o")), "guard_batch": (FLAGS.guard_batch, ("fresh", "own")),
               "guard_mu_update": (FLAGS.guard_mu_update, ("ema", "geometric", "recent", "max")),
-              "guard_optimizer": (FLAGS.guard_optimizer.lower(), tuple(names))}
+              "guard_learned_state": (FLAGS.guard_learned_state, ("advance", "keep", "reset"))}
     for flag, (value, allowed) in checks.items():
         if value not in allowed:
             raise UsageError(f"unknown --{flag}={value!r}: expected one of {', '.join(allowed)}")
-    positive("guard_every", FLAGS.guard_every)
-    optimizer, rate = names[FLAGS.guard_optimizer.lower()], FLAGS.guard_learning_rate
+    names.positive("guard_every", FLAGS.guard_every)
+    optimizer = names.baseline_name(FLAGS.guard_optimizer, "guard_optimizer")
+    rate = FLAGS.guard_learning_rate
     if rate is None:
         raise UsageError("--guard needs --guard_learning_rate: a number, or tuned:<json of tune_baselines>")
     if rate.startswith("tuned:"):
-        from l2o_tf import tune_baselines  # pylint: disable=import-outside-toplevel  (it imports this module)
-        rate = tune_baselines.tuned_learning_rate(rate[len("tuned:"):], optimizer, FLAGS.problem)
+        rate = tuning.tuned_learning_rate(rate[len("tuned:"):], optimizer, FLAGS.problem)
     else:
         try:
             rate = float(rate)
         except ValueError:
             raise UsageError(f"--guard_learning_rate must be a number or tuned:<json>, got {rate!r}") from None
     options = {"guard": guard, "guard_optimizer": optimizer.lower(),
-               "guard_learning_rate": positive("guard_learning_rate", rate), "every": FLAGS.guard_every,
-               "batch": FLAGS.guard_batch}
+               "guard_learning_rate": names.positive("guard_learning_rate", rate), "every": FLAGS.guard_every,
+               "batch": FLAGS.guard_batch, "learned_state": FLAGS.guard_learned_state}
     if guard == "gl2o":
         options["mu_update"] = FLAGS.guard_mu_update
     return options
 
 
-def define_training_flags(evaluation_period, mt_ratios, rnnprop=False):
-    """The original flags with the original defaults; the two trainers differ only in the given defaults."""
+def define_training_flags(net):
+    """The original flags with the original defaults of `net`'s trainer ("dm" or "rnnprop": they differ only in
+    `config.NET_DEFAULTS` and RNNprop's cell flags)."""
+    defaults = config.NET_DEFAULTS[net]
     flags.DEFINE_string("save_path", None, "Directory for the saved optimizers, checkpoint and history.")
     flags.DEFINE_integer("num_epochs", 10000, "Number of training epochs (optimizee trajectories).")
-    flags.DEFINE_integer("evaluation_period", evaluation_period, "Validate every this many epochs.")
+    flags.DEFINE_integer("evaluation_period", defaults["evaluation_period"], "Validate every this many epochs.")
     flags.DEFINE_integer("evaluation_epochs", 20, "Trajectories per validation (their final losses are summed).")
     flags.DEFINE_integer("num_steps", 100, "Optimizee steps per epoch without curriculum.")
     flags.DEFINE_integer("unroll_length", 20, "Steps per meta-update (truncated backpropagation length).")
@@ -116,12 +121,14 @@ def define_training_flags(evaluation_period, mt_ratios, rnnprop=False):
     flags.DEFINE_integer("num_mt", 1, "Number of imitation tasks; task i imitates the i-th of --optimizers.")
     flags.DEFINE_string("optimizers", "adam", "Comma-separated teachers: adam, rmsprop, nag, sgd, adagrad.")
     flags.DEFINE_float("mt_ratio", 0.3, "Probability of an imitation epoch without curriculum.")
-    flags.DEFINE_string("mt_ratios", mt_ratios, "Imitation probability per curriculum stage (last one reused).")
+    flags.DEFINE_string("mt_ratios", " ".join(map(str, defaults["mt_ratios"])), "Imitation probability per "
+                        "curriculum stage (last one reused).")
     flags.DEFINE_integer("k", 1, "Teacher steps per recorded imitation step.")
     flags.DEFINE_bool("self_improving", False, "Mix auxiliary optimizers' steps into training (paper's §4.2).")
     flags.DEFINE_string("auxiliary_optimizers", "adam,sgd,adagrad", "Self-improving auxiliaries.")
     flags.DEFINE_integer("auxiliary_decay_epochs", 100, "Epochs over which auxiliary probabilities decay to 0.")
-    flags.DEFINE_integer("seed", None, "Seed of every random draw; none = a fresh one, logged and checkpointed.")
+    flags.DEFINE_integer("seed", None, "Seed of every random draw; none = a fresh one, logged and checkpointed "
+                         "(resuming: the run's own).")
     flags.DEFINE_integer("snapshot_every", 0, "Also keep the weights after every this many epochs as "
                          "<key>.l2l-<epoch>, improved or not (the paper's Fig. 4); 0: only the original's saves.")
     flags.DEFINE_integer("checkpoint_secs", 60, "Also checkpoint at the end of an epoch after this many seconds "
@@ -129,10 +136,15 @@ def define_training_flags(evaluation_period, mt_ratios, rnnprop=False):
     flags.DEFINE_string("tensorboard_dir", None, "Write meta-loss, imitation loss, validation cost, curriculum stage "
                         "and seconds per epoch here as TensorBoard scalars.")
     define_distribute_flags()
-    if rnnprop:
-        flags.DEFINE_float("beta1", 0.95, "RNNprop input feature beta1.")
-        flags.DEFINE_float("beta2", 0.95, "RNNprop input feature beta2.")
+    if net == "rnnprop":
+        define_rnnprop_flags()
     define_data_flags()
+
+
+def define_rnnprop_flags():
+    """RNNprop's cell settings (`cell_flags`), in its training and its evaluation alike."""
+    flags.DEFINE_float("beta1", 0.95, "RNNprop input feature beta1.")
+    flags.DEFINE_float("beta2", 0.95, "RNNprop input feature beta2.")
 
 
 def define_distribute_flags():
@@ -172,15 +184,19 @@ def define_reproduce_flags(defaults, presets, experiments):
                       "and evaluate them at their chosen rates.")
     flags.DEFINE_list("guard_problems", defaults["guard_problems"], "Problems on which LGL2O and GL2O guard our "
                       "trained dm (configs/guards.flags; SGD at its tuned rate).")
-    flags.DEFINE_bool("dry_run", defaults["dry_run"], "Print the plan (and what is done already) and exit.")
+    flags.DEFINE_bool("allow_embedded_sample", defaults["allow_embedded_sample"], "Let the short and paper presets "
+                      "run on the embedded 3,000-image MNIST sample when no data is given (they refuse it otherwise: "
+                      "its results are not comparable with the paper's; smoke always takes it).")
+    flags.DEFINE_bool("dry_run", defaults["dry_run"], "Print the plan (and what is done already) and exit, after "
+                      "the same checks of the flags and the data as a real run.")
     flags.DEFINE_bool("report", defaults["report"], "Only collect results.json / results.md and draw the figures "
                       "from the runs finished so far (nothing is trained or evaluated).")
     define_data_flags()
 
 
-def flag_values(names):
-    """{name: value} of the flags `names`: an entry point's settings for a library object."""
-    return {name: FLAGS[name].value for name in names}
+def flag_values(flag_names):
+    """{name: value} of the flags `flag_names`: an entry point's settings for a library object."""
+    return {name: FLAGS[name].value for name in flag_names}
 
 
 def cell_flags():
@@ -201,37 +217,22 @@ def training_config(net):
     return config.TrainConfig(**values).validate()
 
 
-def format_duration(seconds):
-    """`1h02m`, `3m05s` or `42s`: an ETA short enough for a progress line."""
-    seconds = int(round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
-
-
-def positive(name, value):
-    if value is None or value <= 0:
-        raise UsageError(f"--{name} must be positive, got {value}")
-    return value
-
-
-def seed_or_random(seed):
-    """The flag's seed, or a fresh one drawn from the OS (logged, so the run can be repeated)."""
-    if seed is None:
-        seed = int.from_bytes(os.urandom(4), "little") % (2 ** 31)
-        logging.info("no --seed given; using seed %d", seed)
-    return int(seed)
+def training_main(net):
+    """`train_dm` / `train_rnnprop` after the fast checks: the flags into `training.train` for `net` ("dm" or
+    "rnnprop")."""
+    from l2o_tf import distribute, training  # TensorFlow loads here, after the flags and the data were checked
+    train_config = training_config(net)
+    distribute.strategy_named(train_config.strategy)  # before any TensorFlow op: a cluster's must exist first
+    training.train(train_config, make_problem(mode="train"))
 
 
 def check_problem_and_data(mode):
     """Fail fast on an unknown --problem or missing data; returns the loaded split (a `datasets.Dataset`, cached for
     the problem; `.is_sample` and `.source` say where it came from), or None for a problem without data."""
-    if FLAGS.problem not in datasets.PROBLEM_DATASETS:
+    if FLAGS.problem not in names.PROBLEM_DATASETS:
         raise UsageError(f"unknown --problem={FLAGS.problem!r}: expected one of "
-                         f"{', '.join(datasets.PROBLEM_DATASETS)}")
-    name = datasets.PROBLEM_DATASETS[FLAGS.problem]
+                         f"{', '.join(names.PROBLEM_DATASETS)}")
+    name = names.PROBLEM_DATASETS[FLAGS.problem]
     if name is None:
         return None
     return datasets.load(name, mode, data_dir=FLAGS.data_dir, download=FLAGS.download)
@@ -239,29 +240,42 @@ def check_problem_and_data(mode):
 
 def evaluation_optimizer():
     """--optimizer in its canonical spelling ("L2L", "Adam", ...): names are case-insensitive."""
-    names = {name.lower(): name for name in ("L2L",) + BASELINES}
-    if FLAGS.optimizer.lower() not in names:
-        raise UsageError(f"unknown --optimizer={FLAGS.optimizer!r}: expected L2L or one of {', '.join(BASELINES)} "
-                         "(any case)")
-    return names[FLAGS.optimizer.lower()]
+    if FLAGS.optimizer.lower() == "l2l":
+        return "L2L"
+    if FLAGS.optimizer.lower() not in (name.lower() for name in names.BASELINES):
+        raise UsageError(f"unknown --optimizer={FLAGS.optimizer!r}: expected L2L or one of "
+                         f"{', '.join(names.BASELINES)} (any case)")
+    return names.baseline_name(FLAGS.optimizer, "optimizer")
 
 
 def check_evaluation_flags(net):
     """Every check of the evaluation flags that needs no TensorFlow: names, counts, and the --path file itself
     (a weights file of the `net` this entry point evaluates, "dm" or "rnnprop")."""
     optimizer = evaluation_optimizer()
-    positive("num_steps", FLAGS.num_steps)
-    positive("num_epochs", FLAGS.num_epochs)
+    names.positive("num_steps", FLAGS.num_steps)
+    names.positive("num_epochs", FLAGS.num_epochs)
     guard_options()
     if optimizer != "L2L":
-        positive("learning_rate", FLAGS.learning_rate)
+        names.positive("learning_rate", FLAGS.learning_rate)
         return
-    if not FLAGS.path:
-        raise UsageError("--optimizer=L2L needs --path, the learned optimizer file (e.g. .../cw.l2l-0)")
-    found = learned_optimizer_kind(FLAGS.path)
+    path = learned_optimizer_path()
+    found = learned_optimizer_kind(path)
     if found != net:
         raise UsageError(f"{FLAGS.path} holds {_NET_DESCRIPTIONS[found]}, not {_NET_DESCRIPTIONS[net]}: "
                          f"evaluate it with `python -m l2o_tf.evaluate_{found}`")
+
+
+def learned_optimizer_path():
+    """The weights file --path names: a file, a directory holding one, or a shipped model's name (as `l2o_tf.load`
+    takes them)."""
+    if not FLAGS.path:
+        raise UsageError("--optimizer=L2L needs --path: a learned optimizer's weights file (e.g. .../cw.l2l-0), its "
+                         f"directory, or a shipped model ({', '.join(models.SHIPPED)})")
+    kind, path = models.resolve(FLAGS.path)
+    if kind == "scale":
+        raise UsageError(f"{FLAGS.path} is an L2O-Scale checkpoint: evaluate it with `python -m l2o_scale.metatest "
+                         f"--train_dir={FLAGS.path}`")
+    return path
 
 
 _NET_DESCRIPTIONS = {"dm": "an L2O-DM optimizer (cw.l2l)", "rnnprop": "an RNNprop optimizer (rp.l2l)"}
@@ -293,11 +307,14 @@ def learned_optimizer_kind(path):
 def evaluation_main(net):
     """`evaluate_dm` / `evaluate_rnnprop` after the fast checks: the flags into `evaluate.run_and_record`; `net`
     ("dm" or "rnnprop") is the learned optimizer `--optimizer=L2L` expects."""
-    from l2o_tf import evaluate, networks  # TensorFlow loads here
+    from l2o_tf import evaluate, networks, optimizers  # TensorFlow loads here
     check_evaluation_flags(net)
     optimizer, overrides = evaluation_optimizer(), cell_flags()
-    seed = seed_or_random(FLAGS.seed)
-    rule = evaluate.update_rule(optimizer, FLAGS.path, FLAGS.learning_rate, networks.NETS[net], **overrides)
+    seed = names.seed_or_random(FLAGS.seed)
+    if optimizer == "L2L":  # a weights file of `net`'s network: check_evaluation_flags made sure
+        rule = networks.load(learned_optimizer_path(), **overrides)
+    else:
+        rule = optimizers.get(optimizer, FLAGS.learning_rate)
     data = check_problem_and_data(mode="test")
     problem = make_problem(mode="test")
     guard = guard_options()
@@ -308,7 +325,8 @@ def evaluation_main(net):
                      guard["guard_learning_rate"], rule.cost())
     run_flags = {name: FLAGS[name].value for name in ("problem", "path", "num_epochs", "num_steps", "learning_rate",
                                                       "data_dir", *overrides)}
-    run_flags.update(data_source=data.source if data else None, embedded_sample=bool(data and data.is_sample))
+    run_flags.update(data_source=data.source if data else None, embedded_sample=bool(data and data.is_sample),
+                     weights_file=learned_optimizer_path() if optimizer == "L2L" else None)
     evaluate.run_and_record(problem, rule, optimizer, FLAGS.num_steps, FLAGS.num_epochs, seed, FLAGS.output_path,
                             run_flags, guard)
 
@@ -346,10 +364,20 @@ def run(main, mode=None, check=None):
 
     try:
         print_help_if_asked(sys.argv)
-        app.run(absl_main)
+        app.run(absl_main, flags_parser=parse_flags)
     except BrokenPipeError:  # the output went into `| head`: stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
+
+
+def parse_flags(argv):
+    """absl's flag parsing, with its errors (an unknown flag and absl's "Did you mean", a bad value) as one
+    `error:` line and status 2, like every other bad input (absl's own parser prints FATAL and exits 1)."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 _HELP_FLAGS = {"--help": False, "-?": False, "--helpshort": False, "-h": False, "--helpfull": True}

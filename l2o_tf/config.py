@@ -8,12 +8,17 @@ import dataclasses
 
 from l2o_tf import curriculum
 from l2o_tf import errors
+from l2o_tf import names
 
-# The hand-designed rules by lower-case name (l2o_tf.optimizers.RULES, which imports TensorFlow, has the same keys).
-BASELINE_NAMES = ("adagrad", "adam", "nag", "rmsprop", "sgd")
-DM_MT_RATIOS = (0.0, 0.1, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3)  # the original train_dm.py default
+# The defaults in which the original train_dm.py and train_rnnprop.py differ; TrainConfig's own are L2O-DM's.
+NET_DEFAULTS = {"dm": {"evaluation_period": 100, "mt_ratios": (0.0, 0.1, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3)},
+                "rnnprop": {"evaluation_period": 10, "mt_ratios": (0.3, 0.3, 0.3)}}
 STRATEGIES = ("default", "mirrored", "multi_worker")  # l2o_tf.distribute.strategy_named
-RESUME_MUST_MATCH = ("net", "problem", "if_cl", "if_mt", "num_steps_schedule", "unroll_length", "num_steps")
+# What a resumed run may change: how long it trains, where it runs, and where and when it writes, never what it
+# computes. Every other setting must be the checkpoint's; --seed and --num_optimizees are compared apart, as the run's
+# actual seed (none given: the checkpoint's) and optimizee count (l2o_tf.training).
+RESUME_MAY_CHANGE = ("num_epochs", "save_path", "checkpoint_secs", "tensorboard_dir", "snapshot_every", "strategy")
+RESUME_COMPARED_APART = ("seed", "num_optimizees")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,7 +27,7 @@ class TrainConfig:
     problem: str = "mnist"
     save_path: str | None = None
     num_epochs: int = 10000
-    evaluation_period: int = 100          # the original's: 100 for DM, 10 for RNNprop
+    evaluation_period: int = NET_DEFAULTS["dm"]["evaluation_period"]
     evaluation_epochs: int = 20
     num_steps: int = 100
     unroll_length: int = 20
@@ -37,7 +42,7 @@ class TrainConfig:
     num_mt: int = 1
     optimizers: tuple = ("adam",)         # imitation teachers, lower case
     mt_ratio: float = 0.3
-    mt_ratios: tuple = DM_MT_RATIOS
+    mt_ratios: tuple = NET_DEFAULTS["dm"]["mt_ratios"]
     k: int = 1
     self_improving: bool = False
     auxiliary_optimizers: tuple = ("adam", "sgd", "adagrad")
@@ -51,6 +56,9 @@ class TrainConfig:
                                           # per replica
     cell: dict = dataclasses.field(default_factory=dict)  # the cell's config overrides, e.g. RNNprop's beta1
 
+    epochs_flag = "num_epochs"            # the flag of `num_epochs`, for messages
+    resume_may_change = RESUME_MAY_CHANGE
+
     @property
     def scale_bound(self):
         """The random-scaling bound of training trajectories (0: no scaling)."""
@@ -60,10 +68,6 @@ class TrainConfig:
     def schedule(self):
         """The training lengths: the curriculum's, or the one fixed --num_steps."""
         return tuple(self.num_steps_schedule) if self.if_cl else (self.num_steps,)
-
-    def resume_key(self):
-        """The fields a resumed run must share with the run that wrote the checkpoint."""
-        return {name: _plain(getattr(self, name)) for name in RESUME_MUST_MATCH}
 
     def as_dict(self):
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -99,11 +103,12 @@ class TrainConfig:
         if not 0 <= self.mt_ratio <= 1 or not all(0 <= r <= 1 for r in self.mt_ratios) or not self.mt_ratios:
             raise errors.UsageError(f"--mt_ratio and --mt_ratios must lie in [0, 1], got {self.mt_ratio} and "
                                     f"{' '.join(map(str, self.mt_ratios)) or 'nothing'}")
-        for flag, names in (("--optimizers", self.optimizers), ("--auxiliary_optimizers", self.auxiliary_optimizers)):
-            unknown = [n for n in names if n not in BASELINE_NAMES]
-            if unknown or not names:
+        known = [name.lower() for name in names.BASELINES]
+        for flag, chosen in (("--optimizers", self.optimizers), ("--auxiliary_optimizers", self.auxiliary_optimizers)):
+            unknown = [n for n in chosen if n not in known]
+            if unknown or not chosen:
                 raise errors.UsageError(f"{flag}: unknown optimizer {unknown[0] if unknown else '(none)'!r}; "
-                                        f"expected some of {', '.join(BASELINE_NAMES)}")
+                                        f"expected some of {', '.join(known)}")
         if self.if_mt and self.num_mt > len(self.optimizers):
             raise errors.UsageError(f"--num_mt={self.num_mt} needs that many --optimizers, got "
                                     f"{','.join(self.optimizers)}")
@@ -116,6 +121,32 @@ def check_distribute(strategy, num_optimizees):
         raise errors.UsageError(f"unknown --strategy={strategy!r}: expected one of {', '.join(STRATEGIES)}")
     if num_optimizees is not None and (not isinstance(num_optimizees, int) or num_optimizees <= 0):
         raise errors.UsageError(f"--num_optimizees must be a positive integer, got {num_optimizees!r}")
+
+
+def resume_differences(config, saved):
+    """({setting: (value in `saved`, value now)}, {field `saved` lacks: its default}) of a config dataclass against
+    `saved`, the config dict of the checkpoint it would resume, over every field but its `resume_may_change` and
+    RESUME_COMPARED_APART.
+
+    A dict-valued field (the cell's --beta1, --beta2) is compared key by key. A field `saved` lacks was added after the
+    checkpoint was written: it counts as its default, so an older run resumes where its settings are the defaults."""
+    skipped = config.resume_may_change + RESUME_COMPARED_APART
+    compared = [f.name for f in dataclasses.fields(config) if f.name not in skipped]
+    defaults, current = type(config)().as_dict(), config.as_dict()
+    missing = {name: defaults[name] for name in compared if name not in saved}
+    there = _settings({name: saved.get(name, defaults[name]) for name in compared})
+    now = _settings({name: current[name] for name in compared})
+    differences = {name: (there.get(name), now.get(name)) for name in {**there, **now}
+                   if there.get(name) != now.get(name)}
+    return differences, missing
+
+
+def _settings(values):
+    """{setting: value}, a dict-valued field's keys (the flags it comes from) in its place."""
+    settings = {}
+    for name, value in values.items():
+        settings.update(value if isinstance(value, dict) else {name: value})
+    return settings
 
 
 def parse_names(text):

@@ -49,9 +49,6 @@ class Dataset(collections.namedtuple("Dataset", ["images", "labels", "source"]))
 
 
 NAMES = ("mnist", "fashion_mnist", "cifar10")
-# The dataset behind each optimizee problem of the paper (None: the problem needs no data).
-PROBLEM_DATASETS = {"quadratic": None, "mnist": "mnist", "mnist_relu": "mnist", "mnist_deeper": "mnist",
-                    "mnist_conv": "mnist", "cifar_conv": "cifar10", "lenet": "cifar10", "nas": "cifar10"}
 SPLITS = ("train", "test")
 
 # The original's read_data_sets held out the first 5000 training images as a (unused) validation set.

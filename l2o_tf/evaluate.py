@@ -14,30 +14,12 @@ import time
 import numpy as np
 from absl import logging
 
-from l2o_tf import cli
 from l2o_tf import fileio
 from l2o_tf import meta
-from l2o_tf import networks
-from l2o_tf import optimizers
+from l2o_tf import names
 from l2o_tf import seeding
 
 PROGRESS_EVERY = 500  # steps per compiled chunk, between progress lines
-
-
-def update_rule(optimizer, path, learning_rate, expected_cell, **cell_overrides):
-    """The update rule a run uses: a loaded learned optimizer of the expected class, or a baseline (the names as
-    `cli.evaluation_optimizer` spells them; the entry points checked the flags before TensorFlow loaded)."""
-    if optimizer == "L2L":
-        if not path:
-            raise cli.UsageError("--optimizer=L2L needs --path, the learned optimizer file (e.g. .../cw.l2l-0)")
-        cell = networks.load(path, **cell_overrides)
-        if not isinstance(cell, expected_cell):
-            raise cli.UsageError(f"{path} holds a {type(cell).__name__}, not a {expected_cell.__name__}; "
-                                 f"use evaluate_{'rnnprop' if isinstance(cell, networks.RNNprop) else 'dm'}")
-        return cell
-    if optimizer not in cli.BASELINES:
-        raise cli.UsageError(f"unknown --optimizer={optimizer!r}: expected L2L or one of {', '.join(cli.BASELINES)}")
-    return optimizers.get(optimizer, cli.positive("learning_rate", learning_rate))
 
 
 def evaluate(problem, rule, num_steps, num_epochs, seed, on_progress=None, records=None):
@@ -92,11 +74,12 @@ def run_and_record_seeds(lanes, optimizer, num_steps, num_epochs, run_flags, gua
         logging.info("epoch %d step %d/%d  loss %s  (mean of last %d: %s)  %.0f steps/s  ETA %s", epoch + 1,
                      done, num_steps, _per_run(losses[:, -1]), min(done, PROGRESS_EVERY),
                      _per_run(losses[:, -PROGRESS_EVERY:].mean(axis=1)), rate,
-                     cli.format_duration((total_steps - steps) / max(rate, 1e-9)))
+                     names.format_duration((total_steps - steps) / max(rate, 1e-9)))
 
     evaluated = evaluate_runs([lane[:3] for lane in lanes], num_steps, num_epochs, progress, record=bool(guard))
     elapsed = time.time() - start
-    print(f"Epoch {num_epochs}")
+    if num_epochs > 1:  # the original's header of its summary; one epoch needs none
+        print(f"Epoch {num_epochs}")
     for k, (_, rule, seed, output_path) in enumerate(lanes):
         losses = evaluated.losses[k]
         seed_note = f" (seed {seed})" if len(lanes) > 1 else ""
@@ -119,7 +102,8 @@ def run_and_record_seeds(lanes, optimizer, num_steps, num_epochs, run_flags, gua
         fileio.atomic_save_npz(record + ".npz", losses=losses, flags=json.dumps(flags_k), **extra)
         print(f"Loss record: {record} (and .npz)")
     together = f" for the {len(lanes)} seeds together" if len(lanes) > 1 else ""
-    print(f"Mean epoch time: {elapsed / num_epochs:.2f} s{together}")
+    per_epoch = f" ({elapsed / num_epochs:.2f} s per epoch)" if num_epochs > 1 else ""
+    print(f"Time: {elapsed:.2f} s{per_epoch}{together}")
     return list(evaluated.losses)
 
 

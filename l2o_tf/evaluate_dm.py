@@ -1,6 +1,6 @@
 """Evaluate L2O-DM or a hand-designed baseline: the original `evaluate_dm.py` flags.
 
-    python -m l2o_tf.evaluate_dm --optimizer=L2L --path=l2o_tf/pretrained/dm_cl_il/cw.l2l-0 --problem=mnist --seed=2
+    python -m l2o_tf.evaluate_dm --optimizer=L2L --path=dm_cl_il --problem=mnist --seed=2
     python -m l2o_tf.evaluate_dm --optimizer=Adam --learning_rate=0.01 --problem=mnist --num_steps=2000
 """
 from l2o_tf import cli

@@ -35,11 +35,13 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 
 def atomic_write_bytes(path, data):
-    """Write `data` to `path` through a temporary file in the same directory and an atomic rename."""
+    """Write `data` to `path` through a temporary file in the same directory and an atomic rename; the file gets the
+    mode a plain `open` would give it (0666 less the umask), not the temporary file's private 0600."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -49,6 +51,13 @@ def atomic_write_bytes(path, data):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def current_umask():
+    """The process's umask (reading it means setting it: set it back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_save_npz(path, **arrays):

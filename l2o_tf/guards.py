@@ -8,13 +8,17 @@ guard optimizer's x + d_G (SGD at a learning rate by default), and one of them i
 * GL2O (Safe-L2O, Heaton et al.): the learned candidate when the guard's residual there (the gradient norm, for a
   gradient-descent guard) is below (1 - delta) * mu; mu starts at the first residual and moves only on acceptance.
 
-Both optimizers see every gradient and advance their state whichever candidate wins. A rule only receives gradients,
-so a guard keeps the current parameters in its state and compares candidates with an `objective`:
-`objective(candidates) -> list of scalar losses`, one per candidate (a list of tensors in problem order), all on the
-same minibatch. `GuardedProblem` is that objective for a `l2o_tf.problems` problem run by `meta.Runner`.
-`record(state)` is the last step's choice (1.0: the learned step was taken, 0.0: the guard's).
+Both optimizers see every gradient. The guard optimizer advances its state whichever candidate wins; the learned
+optimizer's state after a step that took the guard's candidate is `learned_state`'s choice (the same for both guards):
+"advance" (default) as if its own step had been taken, "keep" as it was before the step, "reset" its initial state.
+
+A rule only receives gradients, so a guard keeps the current parameters in its state and compares candidates with
+an `objective`: `objective(candidates) -> list of scalar losses`, one per candidate (a list of tensors in problem
+order), all on the same minibatch. `GuardedProblem` is that objective for a `l2o_tf.problems` problem run by
+`meta.Runner`. `record(state)` is the last step's choice (1.0: the learned step was taken, 0.0: the guard's).
 The decision functions (`lgl2o_takes_learned`, `gl2o_accepts`, `updated_mu`) are shared with the Keras
-`GuardedModel`. docs/FIDELITY.md gives the reasoning behind every choice (only LGL2O's abstract is at hand).
+`GuardedModel`. docs/FIDELITY.md gives the reasoning behind every choice (only LGL2O's abstract is at hand),
+docs/GUARDS.md the measurements.
 """
 import collections
 
@@ -28,11 +32,14 @@ from l2o_tf import seeding
 GUARDS = ("lgl2o", "gl2o")
 BATCHES = ("fresh", "own")
 MU_UPDATES = ("ema", "geometric", "recent", "max")
+LEARNED_STATES = ("advance", "keep", "reset")
 DELTA = 0.01        # Safe-L2O's acceptance margin: accept when residual < (1 - DELTA) * mu
 EMA_WEIGHT = 0.1    # weight of the newest residual in the exponential moving average of mu
 RECENT_MAX = 10     # residuals remembered by the "max" update
 
-GuardState = collections.namedtuple("GuardState", ["params", "learned", "guard", "step", "took_learned", "mu"])
+# learned_initial: the learned optimizer's initial state, kept for learned_state="reset" only (else ())
+GuardState = collections.namedtuple("GuardState", ["params", "learned", "guard", "step", "took_learned", "mu",
+                                                   "learned_initial"])
 
 
 class GuardError(errors.UsageError):
@@ -75,22 +82,27 @@ def gradient_norm(gradients):
 # -- the guards as update rules -------------------------------------------------------------------------------------
 
 class Guard(rules.UpdateRule):
-    """Common part: both candidates every step, a decision every `every` steps (kept in between), x in the state.
+    """Common part: both candidates every step, a decision every `every` steps (kept in between), x in the state,
+    and the learned optimizer's state after a guard step by `learned_state` (one of LEARNED_STATES).
 
     Subclasses write `_decide(x, gradients, candidates, mu_state) -> (take_learned, mu_state)`."""
 
     extra_forward = 0   # loss evaluations per check, for the cost report
     extra_backward = 0  # gradient evaluations per check
 
-    def __init__(self, learned, guard, objective, every=1):
+    def __init__(self, learned, guard, objective, every=1, learned_state="advance"):
         if int(every) < 1:
             raise GuardError(f"a guard checks every k >= 1 steps, got {every}")
+        if learned_state not in LEARNED_STATES:
+            raise GuardError(f"unknown learned_state {learned_state!r}: expected one of {', '.join(LEARNED_STATES)}")
         self.learned, self.guard, self.objective, self.every = learned, guard, objective, int(every)
+        self.learned_state = learned_state
 
     def initial_state(self, params):
         params = [tf.convert_to_tensor(p) for p in params]
-        return GuardState(params, self.learned.initial_state(params), self.guard.initial_state(params),
-                          tf.constant(0, tf.int64), tf.constant(1.0), self._initial_mu())
+        learned = self.learned.initial_state(params)
+        return GuardState(params, learned, self.guard.initial_state(params), tf.constant(0, tf.int64),
+                          tf.constant(1.0), self._initial_mu(), learned if self.learned_state == "reset" else ())
 
     def step(self, gradients, state, loss=None, params=None):
         """The protocol's step; `params`, when given, are the current parameters (the Keras optimizer passes its
@@ -112,7 +124,17 @@ class Guard(rules.UpdateRule):
         take = took_learned > 0.5
         deltas = [tf.where(take, dl, dg) for dl, dg in zip(learned_deltas, guard_deltas)]
         params = [p + d for p, d in zip(x, deltas)]  # the same sum the caller forms, so x stays exact
-        return deltas, GuardState(params, learned_state, guard_state, state.step + 1, took_learned, mu)
+        learned_state = self._learned_state_after(take, learned_state, state)
+        return deltas, GuardState(params, learned_state, guard_state, state.step + 1, took_learned, mu,
+                                  state.learned_initial)
+
+    def _learned_state_after(self, take, stepped, state):
+        """The learned optimizer's next state: `stepped` (its state after its own step) when its candidate is taken,
+        and always for "advance"; otherwise the state before the step ("keep") or its initial state ("reset")."""
+        if self.learned_state == "advance":
+            return stepped
+        refused = state.learned if self.learned_state == "keep" else state.learned_initial
+        return tf.nest.map_structure(lambda s, r: tf.where(take, s, r), stepped, refused)
 
     def record(self, state):
         """1.0 when the last step took the learned candidate, 0.0 when it took the guard's."""
@@ -153,10 +175,10 @@ class GL2O(Guard):
     extra_forward = 1
     extra_backward = 1
 
-    def __init__(self, learned, guard, objective, every=1, mu_update="ema", delta=DELTA):
+    def __init__(self, learned, guard, objective, every=1, learned_state="advance", mu_update="ema", delta=DELTA):
         if mu_update not in MU_UPDATES:
             raise GuardError(f"unknown GL2O mu update {mu_update!r}: expected one of {', '.join(MU_UPDATES)}")
-        super().__init__(learned, guard, objective, every)
+        super().__init__(learned, guard, objective, every, learned_state)
         self.mu_update, self.delta = mu_update, float(delta)
 
     def _initial_mu(self):
@@ -180,7 +202,8 @@ class GL2O(Guard):
 
 def make(guard, learned, objective, guard_optimizer="sgd", guard_learning_rate=None, every=1, **options):
     """A guard by name ("lgl2o" or "gl2o") around the `learned` rule; the guard optimizer is a baseline by name
-    (sgd, adam, rmsprop, nag, adagrad, TF1 semantics) at `guard_learning_rate`, or an update rule."""
+    (sgd, adam, rmsprop, nag, adagrad, TF1 semantics) at `guard_learning_rate`, or an update rule. `options`:
+    `learned_state` (both guards), `mu_update` and `delta` (GL2O)."""
     if guard not in GUARDS:
         raise GuardError(f"unknown guard {guard!r}: expected one of {', '.join(GUARDS)}")
     if isinstance(guard_optimizer, str):

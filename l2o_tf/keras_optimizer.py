@@ -116,16 +116,17 @@ class GuardedModel(keras.Model):
     The candidates are evaluated in inference mode (`training=False`: no dropout, batch-norm moving statistics
     unchanged), so the comparison has no side effects. `guard_optimizer` is a baseline name (sgd, adam, rmsprop,
     nag, adagrad; TF1 semantics) at `guard_learning_rate`; `guard_every` checks every k steps and keeps the last
-    choice in between; `mu_update` is GL2O's averaging (ema, geometric, recent, max)."""
+    choice in between; `mu_update` is GL2O's averaging (ema, geometric, recent, max); `learned_state` is the
+    learned optimizer's state after a guard step (advance, keep, reset; `l2o_tf.guards`)."""
 
     def __init__(self, model, guard="lgl2o", guard_optimizer="sgd", guard_learning_rate=0.1, guard_every=1,
-                 mu_update="ema", **kwargs):
+                 mu_update="ema", learned_state="advance", **kwargs):
         super().__init__(**kwargs)
         if guard not in guards.GUARDS:
             raise guards.GuardError(f"unknown guard {guard!r}: expected one of {', '.join(guards.GUARDS)}")
         self.model = model
         self.guard, self.guard_optimizer, self.guard_learning_rate = guard, guard_optimizer, guard_learning_rate
-        self.guard_every, self.mu_update = int(guard_every), mu_update
+        self.guard_every, self.mu_update, self.learned_state = int(guard_every), mu_update, learned_state
         self.learned_step = keras.metrics.Mean(name="learned_step")
         self._batch = None
 
@@ -139,7 +140,7 @@ class GuardedModel(keras.Model):
         options = {"mu_update": self.mu_update} if self.guard == "gl2o" else {}
         optimizer.guard_with(lambda rule: guards.make(
             self.guard, rule, self._candidate_losses, self.guard_optimizer, self.guard_learning_rate,
-            self.guard_every, **options))
+            self.guard_every, learned_state=self.learned_state, **options))
         super().compile(optimizer=optimizer, **kwargs)
 
     def compile_from_config(self, config):
@@ -187,7 +188,7 @@ class GuardedModel(keras.Model):
         return {**super().get_config(), "model": keras.saving.serialize_keras_object(self.model),
                 "guard": self.guard, "guard_optimizer": self.guard_optimizer,
                 "guard_learning_rate": self.guard_learning_rate, "guard_every": self.guard_every,
-                "mu_update": self.mu_update}
+                "mu_update": self.mu_update, "learned_state": self.learned_state}
 
     @classmethod
     def from_config(cls, config, custom_objects=None):

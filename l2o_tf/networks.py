@@ -225,6 +225,9 @@ class RNNprop(CoordinatewiseLSTMCell):
     epsilon = 1e-8
 
     def __init__(self, beta1=0.95, beta2=0.95, projection_size=20, **kwargs):
+        if "name" not in kwargs:  # Keras would spell the class name "rn_nprop"; numbered as Keras numbers its own
+            uid = keras.backend.get_uid("rnnprop")
+            kwargs["name"] = "rnnprop" if uid == 1 else f"rnnprop_{uid - 1}"
         super().__init__(**kwargs)
         self.beta1 = float(beta1)
         self.beta2 = float(beta2)

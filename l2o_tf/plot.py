@@ -11,6 +11,7 @@ Needs matplotlib (`pip install -e ".[plot]"`); without it the command stops at o
 (`--check` does only that check: run_all.sh calls it before hours of work).
 """
 import glob
+import json
 import os
 import pickle
 import sys
@@ -20,12 +21,14 @@ from absl import app
 from absl import flags
 
 from l2o_tf import cli
+from l2o_tf import datasets
 from l2o_tf import errors
 from l2o_tf import fileio
 
 FLAGS = flags.FLAGS
 RECORD_MARK = "_eval_loss_record.pickle-"
 MAX_POINTS = 2000  # per line, at most
+SAMPLE_MARK = " [embedded MNIST sample]"  # after the label of records made on it: not comparable with the paper
 
 
 class PlotError(errors.UsageError):
@@ -96,6 +99,17 @@ def read_losses(path):
     return losses
 
 
+def from_embedded_sample(path):
+    """Whether the record's run used the embedded MNIST sample, as the flags in its .npz (or its pickle's .npz twin)
+    say; a record without them says nothing: False."""
+    npz = path if path.endswith(".npz") else path + ".npz"
+    if not os.path.exists(npz):
+        return False
+    with np.load(npz, allow_pickle=False) as data:
+        run_flags = json.loads(str(data["flags"])) if "flags" in data.files else {}
+    return str(run_flags.get("data_source") or "").startswith(datasets.SAMPLE_SOURCE)
+
+
 def smoothed_ln(losses, window):
     """ln of the moving average of `losses` over `window` steps (shorter at the start), one value per step."""
     window = max(1, min(int(window), len(losses)))
@@ -108,21 +122,37 @@ def smoothed_ln(losses, window):
 
 def curves(series, window):
     """{problem: [(label, mean, std, number of seeds)]}: mean and std over seeds of the smoothed ln(loss), over the
-    steps every seed has."""
+    steps every seed has. A label whose records used the embedded MNIST sample says so (`SAMPLE_MARK`)."""
     panels = {}
     for label, paths in series:
         by_problem = {}
         for path in paths:
-            by_problem.setdefault(problem_of(path), []).append(smoothed_ln(read_losses(path), window))
-        for problem, runs in by_problem.items():
+            by_problem.setdefault(problem_of(path), []).append(path)
+        for problem, problem_paths in by_problem.items():
+            runs = [smoothed_ln(read_losses(path), window) for path in problem_paths]
             length = min(len(r) for r in runs)
             stacked = np.stack([r[:length] for r in runs])
-            panels.setdefault(problem, []).append((label, stacked.mean(axis=0), stacked.std(axis=0), len(runs)))
+            shown = label + SAMPLE_MARK if any(map(from_embedded_sample, problem_paths)) else label
+            panels.setdefault(problem, []).append((shown, stacked.mean(axis=0), stacked.std(axis=0), len(runs)))
     return panels
 
 
-def plot(panels, output, title=""):
-    """Draw the panels side by side; write `output` (PNG) and the PDF beside it; returns both paths."""
+def plot(panels, output, title="", window=1):
+    """Draw the panels side by side (`figure`); write `output` (PNG) and the PDF beside it; returns both paths."""
+    import matplotlib.pyplot as plt
+    figure = draw(panels, title, window)
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    pdf = os.path.splitext(output)[0] + ".pdf"
+    # "tight" grows the saved image to the legend, which is wider than one panel when the labels are many and long
+    figure.savefig(output, dpi=110, bbox_inches="tight")
+    figure.savefig(pdf, bbox_inches="tight")
+    plt.close(figure)
+    return output, pdf
+
+
+def draw(panels, title="", window=1):
+    """The matplotlib figure of `panels` (`curves`), a panel per problem; `window` is the smoothing the curves had,
+    named on the y axis."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -143,20 +173,15 @@ def plot(panels, output, title=""):
         axis.set_title(problem)
         axis.set_xlabel("iteration")
         axis.grid(alpha=0.3)
-    axes[0][0].set_ylabel("ln(training loss)")
+    # evaluation records hold f(x_{i+1}) on the step's fresh minibatch (of the test split for evaluate_*)
+    axes[0][0].set_ylabel("ln(minibatch loss)" + (f", moving average of {window} steps" if window > 1 else ""))
     figure.legend(list(handles.values()), [h.get_label() for h in handles.values()], loc="lower center",
                   ncol=min(len(handles), 3), fontsize=8, frameon=False)
     if title:
         figure.suptitle(title)
     rows = (len(handles) + 2) // 3
     figure.tight_layout(rect=(0, 0.06 * rows, 1, 1))
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    pdf = os.path.splitext(output)[0] + ".pdf"
-    # "tight" grows the saved image to the legend, which is wider than one panel when the labels are many and long
-    figure.savefig(output, dpi=110, bbox_inches="tight")
-    figure.savefig(pdf, bbox_inches="tight")
-    plt.close(figure)
-    return output, pdf
+    return figure
 
 
 def main(argv):
@@ -169,7 +194,7 @@ def main(argv):
         if FLAGS.smooth < 1:
             raise PlotError(f"--smooth must be at least 1, got {FLAGS.smooth}")
         panels = curves(parse_series(argv[1:]), FLAGS.smooth)
-        for path in plot(panels, FLAGS.output, FLAGS.title):
+        for path in plot(panels, FLAGS.output, FLAGS.title, FLAGS.smooth):
             print(f"wrote {path}")
     except errors.L2OError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -179,4 +204,4 @@ def main(argv):
 if __name__ == "__main__":
     define_flags()
     cli.print_help_if_asked(sys.argv)
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

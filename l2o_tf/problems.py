@@ -25,8 +25,8 @@ import numpy as np
 import tensorflow as tf
 
 from l2o_tf import datasets
+from l2o_tf import names
 
-PROBLEMS = ("quadratic", "mnist", "mnist_relu", "mnist_deeper", "mnist_conv", "cifar_conv", "lenet", "nas")
 MODES = ("train", "test")
 
 BATCH_SIZE = 128        # every original problem uses minibatches of 128
@@ -283,14 +283,19 @@ def _check_dataset(dataset, image_shape, name):
     return images.astype(np.float32, copy=False), labels.astype(np.int32, copy=False)
 
 
+def data_source(problem):
+    """Where the problem's data came from (`datasets.Dataset.source`); None for a problem without data."""
+    return getattr(problem, "data_source", None)
+
+
 def get(name: str, mode: str = "train", data_dir: str | None = None, download: bool = False,
         dataset=None) -> Problem:
     """Build problem ``name``; ``mode`` picks the data split ("train" for meta-training, "test" for evaluation).
 
     ``dataset`` optionally replaces the loaded split by an (images, labels) numpy pair.
     """
-    if name not in PROBLEMS:
-        raise ValueError(f"unknown problem {name!r}; valid names: {', '.join(PROBLEMS)}")
+    if name not in names.PROBLEM_DATASETS:
+        raise ValueError(f"unknown problem {name!r}; valid names: {', '.join(names.PROBLEM_DATASETS)}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if name == "quadratic":
@@ -300,10 +305,10 @@ def get(name: str, mode: str = "train", data_dir: str | None = None, download: b
     image_shape, layout, logits_fn = _CLASSIFIERS[name]
     source = "given arrays"
     if dataset is None:
-        loaded = datasets.load(datasets.PROBLEM_DATASETS[name], mode, data_dir=data_dir, download=download)
+        loaded = datasets.load(names.PROBLEM_DATASETS[name], mode, data_dir=data_dir, download=download)
         dataset, source = (loaded.images, loaded.labels), loaded.source
     images, labels = _check_dataset(dataset, image_shape, name)
-    names, shapes, stddevs = map(tuple, zip(*layout))
-    return ClassifierProblem(name, mode, names, shapes, stddevs,
+    param_names, shapes, stddevs = map(tuple, zip(*layout))
+    return ClassifierProblem(name, mode, param_names, shapes, stddevs,
                              logits_fn=logits_fn, images=tf.constant(images), labels=tf.constant(labels),
                              data_source=source)

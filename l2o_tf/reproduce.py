@@ -9,6 +9,7 @@ trained optimizer, the shipped original models of `--originals`, Adam and the tu
 the guards around our trained L2O-DM on `--guard_problems`; collect every final number in `<runs_dir>/results.json`
 and `results.md`, and draw the figures. Finished parts are skipped, so running the same command again continues.
 """
+import dataclasses
 import json
 import os
 import signal
@@ -17,9 +18,14 @@ import sys
 import time
 
 from l2o_tf import cli
+from l2o_tf import config
+from l2o_tf import curriculum
 from l2o_tf import errors
+from l2o_tf import names
+from l2o_tf import tuning
 
 PRESETS = ("smoke", "short", "paper", "paper_mnist")
+PAPER_PRESETS = ("short", "paper", "paper_mnist")  # they compare with the paper: not on the embedded sample
 # experiment -> (entry point, its flag naming the output directory, the trained model inside that directory)
 EXPERIMENTS = {
     **{name: ("l2o_tf.train_dm", "save_path", "cw.l2l-0") for name in ("dm", "dm_aug", "dm_cl", "dm_il", "dm_cl_il",
@@ -28,16 +34,12 @@ EXPERIMENTS = {
     **{name: ("l2o_scale.metarun", "train_dir", "HierarchicalRNN_GRUCell_20_2/model.ckpt-0")
        for name in ("scale", "scale_cl_il")},
 }
-CONVOLUTIONAL = ("mnist_conv", "cifar_conv", "lenet", "nas")
 # For the expected time printed first: seconds per meta-training unroll of 20 steps on the MNIST MLP (L2O-Scale's
 # with the validation its paper config runs every meta-iteration) and per evaluation step, measured on the 2-core
 # development machine (bench/README.md, "Paper budgets"); defaults of the entry points.
 SECONDS_PER_UNROLL = {"l2o_tf.train_dm": 0.31, "l2o_tf.train_rnnprop": 0.33, "l2o_scale.metarun": 0.9}
 SECONDS_PER_EVAL_STEP = {"mlp": 0.004, "conv": 0.03}
 START_SECONDS = {"training": 20, "evaluation": 4}  # a training process's start-up, an evaluation's tracing
-ENTRY_DEFAULTS = {"l2o_tf.train_dm": {"num_epochs": 10000, "num_steps": 100, "evaluation_period": 100},
-                  "l2o_tf.train_rnnprop": {"num_epochs": 10000, "num_steps": 100, "evaluation_period": 10},
-                  "l2o_scale.metarun": {"num_meta_iterations": 5, "fix_num_steps": 100, "evaluation_period": 1}}
 FINAL_WINDOW = 100  # the final number of a run: ln of the mean loss over its last 100 steps
 
 
@@ -46,6 +48,20 @@ class ReproduceError(errors.UsageError):
 
 
 # -- the plan (no TensorFlow) --------------------------------------------------------------------------------------
+
+def entry_defaults(module):
+    """The defaults of an entry point's flags, as flagfile text: its config's fields with the entry point's own
+    defaults (`config.NET_DEFAULTS` for the two trainers)."""
+    if module == "l2o_scale.metarun":
+        from l2o_scale import config as scale_config
+        defaults = {field.name: field.default for field in dataclasses.fields(scale_config.ScaleConfig)}
+    else:
+        net = "rnnprop" if module == "l2o_tf.train_rnnprop" else "dm"
+        defaults = {field.name: field.default for field in dataclasses.fields(config.TrainConfig)}
+        defaults.update(config.NET_DEFAULTS[net])
+    return {name: " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+            for name, value in defaults.items()}
+
 
 def read_flagfile(path):
     """{name: value} of an absl flagfile (one --name=value per line, # comments); `--flag` alone is "true"."""
@@ -101,7 +117,8 @@ class Plan:
                 "originals": [], "problems": ["mnist"], "eval_steps": 10000, "conv_eval_steps": None,
                 "eval_seeds": ["2"], "adam_learning_rate": 0.01, "tune": True, "guard_problems": [],
                 "experiment_seeds": [], "snapshot_epochs": [], "snapshot_problems": [],
-                "data_dir": None, "download": False, "dry_run": False, "report": False}
+                "data_dir": None, "download": False, "allow_embedded_sample": False, "dry_run": False,
+                "report": False}
 
     def __init__(self, **settings):
         unknown = set(settings) - set(self.DEFAULTS)
@@ -157,7 +174,7 @@ class Plan:
         return os.path.join(self.training_dir(experiment, seed), EXPERIMENTS[experiment][2][:-1] + str(epoch))
 
     def steps_on(self, problem):
-        return self.conv_eval_steps if problem in CONVOLUTIONAL and self.conv_eval_steps else self.eval_steps
+        return self.conv_eval_steps if problem in names.CONVOLUTIONAL_PROBLEMS and self.conv_eval_steps else self.eval_steps
 
     def record_path(self, problem, label, seed, optimizer):
         return os.path.join(self.runs_dir, "eval", problem, label, f"seed{seed}",
@@ -167,17 +184,16 @@ class Plan:
         return os.path.join(self.runs_dir, "tune", problem, f"tuned_{problem}.json")
 
     def check(self):
-        from l2o_tf import datasets
         from l2o_tf import models
         if self.preset not in PRESETS:
             raise ReproduceError(f"--preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
         unknown = [e for e in self.experiments if e not in EXPERIMENTS]
         unknown += [o for o in self.originals if o not in models.SHIPPED]
-        unknown += [p for p in self.problems + self.guard_problems if p not in datasets.PROBLEM_DATASETS]
+        unknown += [p for p in self.problems + self.guard_problems if p not in names.PROBLEM_DATASETS]
         if unknown:
             raise ReproduceError(f"unknown names: {', '.join(unknown)} (experiments: {', '.join(EXPERIMENTS)}; "
                                  f"originals: {', '.join(models.SHIPPED)}; "
-                                 f"problems: {', '.join(datasets.PROBLEM_DATASETS)})")
+                                 f"problems: {', '.join(names.PROBLEM_DATASETS)})")
         if self.guard_problems and "dm" not in self.experiments:
             raise ReproduceError("--guard_problems guard our trained dm: add dm to --experiments")
         for name in self.experiments + ["tuned_baselines", "guards"]:
@@ -194,12 +210,22 @@ class Plan:
         unknown = [p for p in self.snapshot_problems if p not in self.problems]
         if unknown:
             raise ReproduceError(f"--snapshot_problems: {', '.join(unknown)} not in --problems")
-        cli.positive("eval_steps", self.eval_steps)
-        if not self.dry_run:  # the data of every problem, before hours of training
-            for problem in self.problems:
-                if datasets.PROBLEM_DATASETS[problem]:
-                    datasets.load(datasets.PROBLEM_DATASETS[problem], "test", data_dir=self.data_dir,
-                                  download=self.download)
+        names.positive("eval_steps", self.eval_steps)
+        self.check_data()
+
+    def check_data(self):
+        """Every problem's data loads (before hours of training, and in a dry run); a preset that compares with the
+        paper takes the embedded MNIST sample only with --allow_embedded_sample."""
+        from l2o_tf import datasets
+        for problem in self.problems:
+            if not names.PROBLEM_DATASETS[problem]:
+                continue
+            data = datasets.load(names.PROBLEM_DATASETS[problem], "test", data_dir=self.data_dir,
+                                 download=self.download)
+            if data.is_sample and self.preset in PAPER_PRESETS and not self.allow_embedded_sample:
+                raise ReproduceError(f"no data given, and the {self.preset} preset compares with the paper: give "
+                                     "the full MNIST with --data_dir=DIR (or $L2O_DATA_DIR), or run on the "
+                                     "embedded 3,000-image sample with --allow_embedded_sample")
 
     def evaluations(self):
         """[(problem, label, eval seed, what)] of every evaluation; `what` is ("learned", path), ("baseline", name,
@@ -213,10 +239,9 @@ class Plan:
             learned += [(f"original-{name}", name) for name in self.originals]
             baselines = [("Adam", ("baseline", "Adam", self.adam_learning_rate))]
             if self.tune:
-                configured = self.merged_flags("tuned_baselines").get("optimizers", ",".join(cli.BASELINES))
-                from l2o_tf import tune_baselines
-                names = tune_baselines.parse_optimizers(configured)
-                baselines += [(f"{name}-tuned", ("baseline", name, None)) for name in names]
+                configured = self.merged_flags("tuned_baselines").get("optimizers", ",".join(names.BASELINES))
+                baselines += [(f"{name}-tuned", ("baseline", name, None))
+                              for name in tuning.parse_optimizers(configured)]
             for seed in self.eval_seeds:
                 runs += [(problem, label, seed, ("learned", path)) for label, path in learned]
                 runs += [(problem, label, seed, what) for label, what in baselines]
@@ -229,20 +254,15 @@ class Plan:
         """(unrolls of 20 steps, is a lower bound): a curriculum's length depends on its validations, so for one the
         count assumes every stage ends after its minimum number of validations."""
         module = EXPERIMENTS[experiment][0]
-        values = {**ENTRY_DEFAULTS[module], **self.merged_flags(experiment)}
+        values = {**entry_defaults(module), **self.merged_flags(experiment)}
         scale = module == "l2o_scale.metarun"
         epochs = int(values["num_meta_iterations" if scale else "num_epochs"])
         unroll = int(values.get("fix_unroll_length" if scale else "unroll_length", 20))
         if values.get("if_cl", "false").lower() not in ("true", "1"):
             return epochs * int(values["fix_num_steps" if scale else "num_steps"]) // unroll, False
-        from l2o_tf import curriculum
-        from l2o_tf import config as config_lib
-        default = "100 200 500 1000 1500 2000 2500 3000 3500 4000 4500 5000" if scale else " ".join(
-            map(str, curriculum.DEFAULT_SCHEDULE))
-        min_num_eval = int(values.get("min_num_eval", config_lib.TrainConfig.min_num_eval))
-        per_stage = int(values["evaluation_period"]) * min_num_eval
+        per_stage = int(values["evaluation_period"]) * int(values["min_num_eval"])
         total = 0
-        for steps in curriculum.parse_schedule(values.get("num_steps_schedule", default)):
+        for steps in curriculum.parse_schedule(values["num_steps_schedule"]):
             stage_epochs = min(epochs, per_stage)
             total, epochs = total + stage_epochs * steps // unroll, epochs - stage_epochs
         return total, True
@@ -252,15 +272,15 @@ class Plan:
         training = sum((START_SECONDS["training"] + self.planned_unrolls(e)[0] * SECONDS_PER_UNROLL[EXPERIMENTS[e][0]])
                        * len(self.seeds_of(e)) for e in self.experiments)
         evaluation = sum(START_SECONDS["evaluation"] + self.steps_on(problem) * SECONDS_PER_EVAL_STEP[
-            "conv" if problem in CONVOLUTIONAL else "mlp"] for problem, *_ in self.evaluations())
+            "conv" if problem in names.CONVOLUTIONAL_PROBLEMS else "mlp"] for problem, *_ in self.evaluations())
         return training, evaluation
 
     def announce_expected_time(self):
         training, evaluation = self.expected_seconds()
         lower_bound = any(self.planned_unrolls(e)[1] for e in self.experiments)
         print(f"preset {self.preset}: expected {'at least ' if lower_bound else ''}"
-              f"{cli.format_duration(training + evaluation)} on a 2-core CPU like ours (training "
-              f"{cli.format_duration(training)}, evaluation {cli.format_duration(evaluation)}; tuning not counted)",
+              f"{names.format_duration(training + evaluation)} on a 2-core CPU like ours (training "
+              f"{names.format_duration(training)}, evaluation {names.format_duration(evaluation)}; tuning not counted)",
               flush=True)
 
     def print_plan(self):
@@ -307,23 +327,21 @@ class Plan:
                     {"command": command, "wall_seconds": time.time() - start}).encode())
 
     def tune_all(self, problems):
-        from l2o_tf import tune_baselines
         settings = self.merged_flags("tuned_baselines")
-        names = tune_baselines.parse_optimizers(settings.get("optimizers", ",".join(cli.BASELINES)))
-        rates = tune_baselines.parse_numbers("learning_rates", settings.get("learning_rates",
-                                                                            tune_baselines.DEFAULT_RATES), float)
-        seeds = tune_baselines.parse_numbers("seeds", settings.get("seeds", "0"), int)
+        optimizers = tuning.parse_optimizers(settings.get("optimizers", ",".join(names.BASELINES)))
+        rates = tuning.parse_numbers("learning_rates", settings.get("learning_rates", tuning.DEFAULT_RATES), float)
+        seeds = tuning.parse_numbers("seeds", settings.get("seeds", "0"), int)
         window = int(settings.get("final_window", FINAL_WINDOW))
         for name, problem in problems.items():
             if os.path.exists(self.tuned_json(name)):
                 continue
             steps = self.tuning_steps(name)
-            print(f"== tune {', '.join(names)} on {name}: {len(rates)} rates x {len(seeds)} seeds x {steps} steps",
+            print(f"== tune {', '.join(optimizers)} on {name}: {len(rates)} rates x {len(seeds)} seeds x {steps} steps",
                   flush=True)
             def progress(optimizer, rate, loss):
                 print(f"   {optimizer} lr={rate:g}: final loss {loss:.4f}", flush=True)
-            results = tune_baselines.tune(problem, names, rates, seeds, steps, window, progress)
-            tune_baselines.save(results, name, rates, seeds, steps, window, os.path.dirname(self.tuned_json(name)))
+            results = tuning.tune(problem, optimizers, rates, seeds, steps, window, progress)
+            tuning.save(results, problem, rates, seeds, steps, window, os.path.dirname(self.tuned_json(name)))
 
     def evaluate_problem(self, problem_name, base_problem):
         """Every evaluation of the plan on one problem, the seeds of each optimizer in one compiled run
@@ -349,16 +367,15 @@ class Plan:
         from l2o_tf import guards
         from l2o_tf import models
         from l2o_tf import optimizers
-        from l2o_tf import tune_baselines
         if what[0] == "learned":
             rule = models.load(what[1])
             return {"path": what[1]}, None, [(rule, base_problem)] * len(seeds)
         if what[0] == "baseline":
-            rate = what[2] or tune_baselines.tuned_learning_rate(self.tuned_json(problem_name), what[1], problem_name)
+            rate = what[2] or tuning.tuned_learning_rate(self.tuned_json(problem_name), what[1], problem_name)
             return {"learning_rate": rate}, None, [(optimizers.get(what[1].lower(), rate), base_problem)] * len(seeds)
         guard_settings = self.merged_flags("guards")
         guard_optimizer = guard_settings.get("guard_optimizer", "SGD")
-        rate = tune_baselines.tuned_learning_rate(self.tuned_json(problem_name), guard_optimizer, problem_name)
+        rate = tuning.tuned_learning_rate(self.tuned_json(problem_name), guard_optimizer, problem_name)
         guard = {"guard": what[1], "guard_optimizer": guard_optimizer.lower(), "guard_learning_rate": rate,
                  "every": int(guard_settings.get("guard_every", 1)),
                  "batch": guard_settings.get("guard_batch", "fresh")}
@@ -425,7 +442,8 @@ class Plan:
                         series.setdefault(label, []).append(path)
                 if len(series) > 1 and (group != "guards" or problem in self.guard_problems):
                     output = os.path.join(self.runs_dir, "figures", f"{problem}_{group}.png")
-                    plot.plot(plot.curves(list(series.items()), 50), output, f"{problem}: {group}")
+                    smooth = 50
+                    plot.plot(plot.curves(list(series.items()), smooth), output, f"{problem}: {group}", smooth)
                     print(f"wrote {output}")
 
     def run(self):
@@ -447,7 +465,7 @@ class Plan:
             raise errors.Interrupted("interrupted; run the same command again to continue (every finished tuning "
                                      "and evaluation is kept)") from None
         self.report_results()
-        print(f"preset {self.preset} finished in {cli.format_duration(time.time() - start)} (this invocation); "
+        print(f"preset {self.preset} finished in {names.format_duration(time.time() - start)} (this invocation); "
               f"results in {self.runs_dir}/results.json and results.md")
 
     def report_results(self):

@@ -5,14 +5,11 @@
 """
 from l2o_tf import cli
 
-cli.define_training_flags(evaluation_period=100, mt_ratios="0.0 0.1 0.3 0.3 0.3 0.3 0.3 0.3")
+cli.define_training_flags("dm")
 
 
 def main():
-    from l2o_tf import distribute, training  # TensorFlow loads here, after the flags and the data were checked
-    config = cli.training_config("dm")
-    distribute.strategy_named(config.strategy)  # before any TensorFlow op: a cluster's must exist first
-    training.train(config, cli.make_problem(mode="train"))
+    cli.training_main("dm")
 
 
 if __name__ == "__main__":

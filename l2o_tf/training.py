@@ -2,7 +2,8 @@
 
 Per epoch a fresh optimizee is optimised for the stage's number of steps, one meta-update per unroll; with
 `if_mt` an epoch may instead imitate a teacher; every `evaluation_period` epochs the optimizer is validated (sum
-over `evaluation_epochs` fresh, unscaled trajectories of the final loss, on the training split, as the original)
+over `evaluation_epochs` fresh, unscaled trajectories of the final loss, on the training split, as the original;
+the history keeps it as `validation_loss_sum` beside `validation_loss_mean`, the number the log and TensorBoard show)
 and the curriculum decides what happens next. The best model is saved in the original's layout.
 
 Every component that draws random numbers (training trajectories, validation, teachers, the self-improving
@@ -12,11 +13,15 @@ component never shifts another's stream.
 Resume state (weights, the meta-optimizers, every generator, counters, curriculum and history) is one
 `tf.train.Checkpoint` under `<save_path>/checkpoints/`, saved at every validation, every `checkpoint_secs` and on
 Ctrl-C / SIGTERM; the history travels inside it, so the two can never disagree (`history.json` beside it is a
-copy for reading). Building `MetaTraining` on a save path that has a checkpoint resumes it.
+copy for reading). Building `MetaTraining` on a save path that has a checkpoint resumes it, if it is the same run:
+every setting but the config's RESUME_MAY_CHANGE (how long, where it runs, where and when it writes), the seed (none
+given: the checkpoint's), the data and the number of optimizees must be the checkpoint's. A run that is done (the
+curriculum ended it, or it reached `num_epochs`) stays done; a larger `num_epochs` continues one the cap stopped.
 """
 import json
 import math
 import os
+import shlex
 import signal
 import threading
 import time
@@ -26,13 +31,14 @@ import tensorflow as tf
 from absl import logging
 from tensorflow.core.framework import summary_pb2
 
-from l2o_tf import cli
+from l2o_tf import config as config_lib
 from l2o_tf import curriculum
 from l2o_tf import distribute
 from l2o_tf import errors
 from l2o_tf import fileio
 from l2o_tf import imitation
 from l2o_tf import meta
+from l2o_tf import names
 from l2o_tf import networks
 from l2o_tf import optimizers
 from l2o_tf import original_pickle
@@ -56,9 +62,12 @@ class MetaTraining:
 
     def __init__(self, config, problem, cell=None, strategy=None):
         self.config, self.problem = config.validate(), problem
-        self.seed = _seed_or_fresh(config.seed)
         # `strategy`: a tf.distribute.Strategy instead of --strategy's; a given `cell` must be built under its scope
         self.strategy, self.num_optimizees = distribute.strategy_and_count(config, strategy)
+        self._resume_path, saved = resume_point(config.save_path)
+        if saved is not None:
+            self._check_same_run(saved)
+        self.seed = run_seed(config.seed, saved)
         self.chief = distribute.is_chief(self.strategy)
         self.rngs = {name: seeding.generator(self.seed, name) for name in RANDOM_COMPONENTS}
         self.optimizee_rngs = distribute.optimizee_generators(  # optimizee k > 0: "train/k" and "mixture/k"
@@ -83,12 +92,13 @@ class MetaTraining:
         if config.save_path:
             self._manager = tf.train.CheckpointManager(
                 self._checkpoint, os.path.join(config.save_path, CHECKPOINT_DIR), max_to_keep=2)
-        self._summaries = (tf.summary.create_file_writer(config.tensorboard_dir)
-                           if config.tensorboard_dir and self.chief else None)
-        self.resumed = self._restore()
-        if not self.resumed:
+        self.resumed = saved is not None
+        if self.resumed:
+            self._restore(saved)
+        else:
             self.history.append({"epoch": 0, "kind": "start", "problem": problem.name, "seed": self.seed,
                                  "data_source": data_source(problem), "config": config.as_dict()})
+        self._summaries = None if self.done() else self._summary_writer()
 
     def _build_trainers(self):
         """The meta-trainer, the validator and the imitation teachers (L2O-Scale's subclass builds its own)."""
@@ -171,12 +181,20 @@ class MetaTraining:
         return sum(self.validator.final_loss(self.validator.new_trajectory(), steps)
                    for _ in range(self.config.evaluation_epochs))
 
+    def mean_loss(self, cost):
+        """A validation's sum over `evaluation_epochs` trajectories as their mean, the number users are shown."""
+        return cost / self.config.evaluation_epochs
+
+    def done(self):
+        """Whether nothing is left to train: the curriculum ended the run, or it reached `num_epochs`."""
+        return self.finished or self.epoch >= self.config.num_epochs
+
     # -- the loop -------------------------------------------------------------------------------------------------
     def run(self):
         """Train until `num_epochs` or the curriculum's end; Ctrl-C / SIGTERM save and raise `errors.Interrupted`."""
         config, cl = self.config, self.curriculum
-        if self.finished:
-            logging.info("this run had already ended (the curriculum stopped it); the best model is %s",
+        if self.done():
+            logging.info("this run has already ended (%s); the best model is %s", self._why_done(),
                          self.best_model_path())
             return self.history
         last_checkpoint = last_log = time.time()
@@ -220,21 +238,23 @@ class MetaTraining:
         cost = distribute.from_chief(self.strategy, self.validate(steps))
         decision = cl.observe(cost)
         logging.info("epoch %d: validation at %d steps %.4f (mean final loss), best %.4f -> %s", self.epoch, steps,
-                     cost / config.evaluation_epochs, cl.best / config.evaluation_epochs, decision)
-        self.history.append({"epoch": self.epoch, "kind": "validation", "steps": steps, "cost": cost,
-                             "decision": decision, "stage": cl.stage})
-        self._scalars(validation_cost=cost / config.evaluation_epochs, curriculum_stage=cl.stage)
+                     self.mean_loss(cost), self.mean_loss(cl.best), decision)
+        self.history.append({"epoch": self.epoch, "kind": "validation", "steps": steps,
+                             **_loss_fields("validation", cost, config.evaluation_epochs), "decision": decision,
+                             "stage": cl.stage})
+        self._scalars(validation_cost=self.mean_loss(cost), curriculum_stage=cl.stage)
         if decision == curriculum.IMPROVED:
             self.save_model(cl.stage if config.if_cl else self.epoch)
         elif decision == curriculum.ADVANCE:
             self.restore_model(cl.stage - 1)
             baseline = distribute.from_chief(self.strategy, self.validate(cl.valid_steps))
             cl.start_stage(baseline)
-            self.history.append({"epoch": self.epoch, "kind": "stage", "stage": cl.stage, "baseline": baseline,
+            self.history.append({"epoch": self.epoch, "kind": "stage", "stage": cl.stage,
+                                 **_loss_fields("baseline", baseline, config.evaluation_epochs),
                                  "train_steps": cl.train_steps, "valid_steps": cl.valid_steps})
             logging.info("curriculum: stage %d now trains on %d steps and validates on %d; restored the previous "
                          "stage's best, baseline %.4f", cl.stage, cl.train_steps, cl.valid_steps,
-                         baseline / config.evaluation_epochs)
+                         self.mean_loss(baseline))
         elif decision == curriculum.STOP:
             logging.info("curriculum: no improvement in stage %d -> stop; the best model is %s", cl.stage,
                          self.best_model_path())
@@ -284,40 +304,56 @@ class MetaTraining:
                 "finished": self.finished, "seed": self.seed, "config": self.config.as_dict(),
                 "data_source": data_source(self.problem), "num_optimizees": self.num_optimizees}
 
-    def _restore(self):
-        """Continue from the save path's latest checkpoint, if any; refuses one written by a different run."""
-        if self._manager is None:
-            return False
-        path = self._manager.latest_checkpoint
-        if path is None:
-            if os.path.exists(os.path.join(self.config.save_path, "checkpoint.npz")):
-                raise errors.L2OError(f"{self.config.save_path} holds a checkpoint of an older l2o-tf version "
-                                      "(checkpoint.npz); continue it with that version or use a fresh --save_path")
-            return False
-        state = _read_progress(path)
-        saved = {k: state["config"].get(k) for k in self.config.resume_key()}
-        mismatched = {k: (v, saved[k]) for k, v in self.config.resume_key().items() if saved[k] != v}
-        if mismatched:
-            raise errors.UsageError(f"{self.config.save_path} holds a run with other settings: " + ", ".join(
-                f"--{k}={old!r} there, {new!r} now" for k, (new, old) in mismatched.items())
-                + "; use another --save_path")
-        if state.get("num_optimizees", 1) != self.num_optimizees:
-            raise errors.UsageError(f"{self.config.save_path} holds a run with {state.get('num_optimizees', 1)} "
-                                    f"optimizees per meta-step, {self.num_optimizees} now (--num_optimizees, "
-                                    "--strategy); use those or another --save_path")
+    def _check_same_run(self, saved):
+        """Refuse the checkpoint whose progress record is `saved` if it holds another run, naming every difference."""
+        config = self.config
+        differences, missing = self._differences(saved)
+        if differences:
+            may_change = ", ".join(f"--{name}" for name in config.resume_may_change)
+            raise errors.UsageError(f"{config.save_path} holds another run: {'; '.join(differences)}; resume it with "
+                                    f"its settings (only {may_change} may change) or give another directory")
+        if missing:
+            logging.info("the checkpoint in %s predates %s: taken as the default%s", config.save_path,
+                         ", ".join(f"--{name}={value!r}" for name, value in missing.items()), "s" * (len(missing) > 1))
+
+    def _differences(self, saved):
+        """([each way this run differs from the checkpoint's, as a message part], {setting the checkpoint predates:
+        its default})."""
+        config, data = self.config, data_source(self.problem)
+        settings, missing = config_lib.resume_differences(config, saved["config"])
+        if config.seed is not None and config.seed != saved["seed"]:
+            settings["seed"] = (saved["seed"], config.seed)
+        differences = [f"--{name}={there!r} there, {now!r} now" for name, (there, now) in settings.items()]
+        if saved["data_source"] != data:
+            differences.append(f"data {saved['data_source']!r} there, {data!r} now (--data_dir, $L2O_DATA_DIR)")
+        count = saved.get("num_optimizees", 1)
+        if count != self.num_optimizees:
+            differences.append(f"{count} optimizees per meta-step, {self.num_optimizees} now (--num_optimizees, "
+                               "--strategy)")
+        return differences, missing
+
+    def _restore(self, state):
+        """Continue from the save path's latest checkpoint, whose progress record is `state`."""
+        path = self._resume_path
         try:
-            self._checkpoint.read(path).assert_existing_objects_matched()
+            # every object of ours restored; the checkpoint's save_counter, which `read` leaves, is no loss
+            self._checkpoint.read(path).assert_existing_objects_matched().expect_partial()
         except (tf.errors.OpError, AssertionError, ValueError) as e:
             raise errors.L2OError(f"{path} is not a readable training checkpoint of this run ({type(e).__name__}: "
                                   f"{str(e).splitlines()[0]}); move {self._manager.directory} away to start "
                                   "afresh") from None
-        self.seed, self.epoch, self.history = state["seed"], state["epoch"], state["history"]
-        self.training_epochs, self.finished = state["training_epochs"], state["finished"]
+        self.epoch, self.training_epochs, self.finished = state["epoch"], state["training_epochs"], state["finished"]
+        self.history = [_named_losses(record, self.config.evaluation_epochs) for record in state["history"]]
         self.imitation_task, self.skipped_updates = state["imitation_task"], state["skipped_updates"]
         self.curriculum = curriculum.Curriculum.from_state_dict(state["curriculum"])
-        logging.info("resuming %s from epoch %d (stage %d)%s", path, self.epoch, self.curriculum.stage,
-                     ": the curriculum had already ended this run" if self.finished else "")
-        return True
+        if not self.done():
+            logging.info("resuming %s from epoch %d (stage %d)", path, self.epoch, self.curriculum.stage)
+
+    def _why_done(self):
+        if self.finished:
+            return "the curriculum ended it"
+        flag = self.config.epochs_flag
+        return f"it reached epoch {self.epoch} of --{flag}={self.config.num_epochs}; a larger --{flag} continues it"
 
     def _resume_message(self, what):
         if self._manager is None:
@@ -333,7 +369,7 @@ class MetaTraining:
         loss = record.get("loss", record.get("imitation_loss"))
         logging.info("epoch %d/%d  %s loss %.4g  stage %d (%d steps)  %.2f s/epoch  ETA %s%s", self.epoch,
                      config.num_epochs, record["kind"], loss, cl.stage, cl.train_steps, seconds,
-                     cli.format_duration(remaining), " (at most: the curriculum may end sooner)" if config.if_cl else "")
+                     names.format_duration(remaining), " (at most: the curriculum may end sooner)" if config.if_cl else "")
 
     def _summarise(self, record, seconds):
         values = {"seconds_per_epoch": seconds, "curriculum_stage": self.curriculum.stage}
@@ -341,6 +377,16 @@ class MetaTraining:
             if key in record and math.isfinite(record[key]):
                 values["final_loss" if key == "loss" else key] = record[key]
         self._scalars(**values)
+
+    def _summary_writer(self):
+        """The chief's TensorBoard writer where `tensorboard_dir` asks for one; says where it writes and how to look."""
+        directory = self.config.tensorboard_dir
+        if not directory or not self.chief:
+            return None
+        directory = os.path.abspath(directory)
+        logging.info("TensorBoard summaries go to %s: view them with `tensorboard --logdir %s`", directory,
+                     shlex.quote(directory))
+        return tf.summary.create_file_writer(directory)
 
     def _scalars(self, **values):
         if self._summaries is None:
@@ -387,19 +433,48 @@ def data_source(problem):
     return getattr(problem, "data_source", None)
 
 
+# A history written before the validation sums got their names: "cost" and "baseline" (the sums) -> today's names.
+_OLD_LOSS_NAMES = {"cost": "validation", "baseline": "baseline"}
+
+
+def _loss_fields(name, cost, evaluation_epochs):
+    """A history record's fields for `cost`, a validation's sum over `evaluation_epochs` trajectories: the mean (the
+    number the log and TensorBoard show) and the sum (the original's validation cost, which the curriculum compares)."""
+    return {f"{name}_loss_mean": cost / evaluation_epochs, f"{name}_loss_sum": cost}
+
+
+def _named_losses(record, evaluation_epochs):
+    """`record` of a checkpointed history with its validation sums under today's names."""
+    record = dict(record)
+    for old, name in _OLD_LOSS_NAMES.items():
+        if old in record:
+            record.update(_loss_fields(name, record.pop(old), evaluation_epochs))
+    return record
+
+
+def resume_point(save_path):
+    """(path, progress record) of the latest resume checkpoint in `save_path`; (None, None) where there is none."""
+    path = tf.train.latest_checkpoint(os.path.join(save_path, CHECKPOINT_DIR)) if save_path else None
+    if path is not None:
+        return path, _read_progress(path)
+    if save_path and os.path.exists(os.path.join(save_path, "checkpoint.npz")):
+        raise errors.L2OError(f"{save_path} holds a checkpoint of an older l2o-tf version (checkpoint.npz); continue "
+                              "it with that version or use a fresh --save_path")
+    return None, None
+
+
+def run_seed(seed, saved):
+    """The run's seed: a resumed run's own (`saved`, its progress record; a --seed given must equal it), else `seed`,
+    else a fresh one."""
+    return saved["seed"] if saved is not None else names.seed_or_random(seed)
+
+
 def _read_progress(path):
     try:
         return json.loads(tf.train.load_checkpoint(path).get_tensor("progress/.ATTRIBUTES/VARIABLE_VALUE"))
     except (tf.errors.OpError, ValueError, KeyError) as e:
         raise errors.L2OError(f"{path} is not a readable training checkpoint ({type(e).__name__}); move "
                               f"{os.path.dirname(path)} away to start afresh") from None
-
-
-def _seed_or_fresh(seed):
-    if seed is None:
-        seed = int.from_bytes(os.urandom(4), "little") % (2 ** 31)
-        logging.info("no seed given; using seed %d", seed)
-    return int(seed)
 
 
 def train(config, problem):

@@ -14,7 +14,8 @@ REQUIRE_SHARED_VAR = "L2O_REQUIRE_SHARED"
 
 
 def require_shared(*parts):
-    """The path ../shared/<parts...> (original models, real MNIST) for a test that needs it.
+    """The path ../shared/<parts...> for a test that needs what the package does not ship (real MNIST; the original
+    trained models and the L2O-Scale checkpoint are package data: `l2o_tf.models.shipped_path`).
 
     When it is absent the test is skipped, so users without ../shared get clean skips; with $L2O_REQUIRE_SHARED=1
     (as .ci/run sets) it fails instead, so CI cannot pass by silently skipping the reference checks."""

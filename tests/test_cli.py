@@ -2,6 +2,7 @@
 import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -12,8 +13,9 @@ import pytest
 import tensorflow as tf
 
 import l2o_tf
-from conftest import require_shared, run_module
+from conftest import run_module
 from l2o_tf import cli
+from l2o_tf import models
 from l2o_tf import networks
 from l2o_tf import optimizers
 
@@ -119,8 +121,11 @@ def weights_files(tmp_path):
     ("evaluate_dm", ["--optimizer=Adam", "--num_steps=0"], "--num_steps must be positive, got 0"),
     ("evaluate_rnnprop", ["--optimizer=adam", "--num_epochs=-1"], "--num_epochs must be positive, got -1"),
     ("evaluate_dm", ["--optimizer=sgd", "--learning_rate=0"], "--learning_rate must be positive"),
-    ("evaluate_dm", ["--path=/nonexistent/cw.l2l-0"], "/nonexistent/cw.l2l-0: no such weights file"),
-    ("evaluate_dm", ["--path={tmp}"], "is a directory: pass the file itself"),
+    ("evaluate_dm", ["--path=/nonexistent/cw.l2l-0"], "'/nonexistent/cw.l2l-0' is neither a shipped model (dm, "),
+    ("evaluate_dm", ["--path={tmp}"], "no cw.l2l-0, rp.l2l-0 or TensorFlow checkpoint in this directory"),
+    ("evaluate_dm", ["--path=rnnprop_cl_il"], "rnnprop_cl_il holds an RNNprop optimizer (rp.l2l), not an L2O-DM"),
+    ("evaluate_rnnprop", ["--path=scale_smoke"], "scale_smoke is an L2O-Scale checkpoint: evaluate it with "
+                                                 "`python -m l2o_scale.metatest --train_dir=scale_smoke`"),
     ("evaluate_dm", ["--path={rnnprop}"], "holds an RNNprop optimizer (rp.l2l), not an L2O-DM optimizer (cw.l2l): "
                                           "evaluate it with `python -m l2o_tf.evaluate_rnnprop`"),
     ("evaluate_dm", ["--path={rnnprop_original}"], "holds an RNNprop optimizer (rp.l2l), not an L2O-DM"),
@@ -130,6 +135,9 @@ def weights_files(tmp_path):
     ("evaluate_dm", ["--path={list}"], "not a learned optimizer's weights file (expected a pickled dict"),
     ("train_dm", ["--num_steps=0"], "--num_steps"),
     ("train_rnnprop", ["--problem=Mnist"], "unknown --problem='Mnist'"),
+    ("train_dm", ["--num_epoch=3"], "error: Unknown command line flag 'num_epoch'. Did you mean: num_epochs ?"),
+    ("evaluate_rnnprop", ["--seed=1.5"], "error: flag --seed=1.5: invalid literal for int()"),
+    ("reproduce", ["--presets=short"], "Unknown command line flag 'presets'. Did you mean: preset ?"),
 ])
 def test_bad_flags_are_one_line_errors_before_tensorflow_loads(env, tmp_path, weights_files, module, flags,
                                                                message):
@@ -153,6 +161,19 @@ def test_help_lists_the_project_flags(env, module):
     full = subprocess.run([sys.executable, "-m", f"l2o_tf.{module}", "--helpfull"], env=env, capture_output=True,
                           text=True, timeout=60)
     assert full.returncode == 0 and "--verbosity" in full.stdout and "--problem" in full.stdout
+
+
+@pytest.mark.parametrize("module", ["l2o_tf.evaluate_dm", "l2o_tf.train_rnnprop", "l2o_tf.reproduce",
+                                    "l2o_tf.tune_baselines", "l2o_tf.plot", "l2o_scale.metarun",
+                                    "l2o_scale.metatest"])
+def test_help_lists_each_flag_once_under_a_usage_that_keeps_its_lines(env, module):
+    result = subprocess.run([sys.executable, "-m", module, "--help"], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    usage, _, listing = result.stdout.partition("\nflags:\n")
+    names = re.findall(r"^  --(?:\[no\])?(\w+):", listing, flags=re.MULTILINE)
+    assert len(names) > 3 and len(names) == len(set(names)), sorted(names)
+    assert not re.search(r"\S {4,}--", usage), usage  # a continued command line stays on its own lines
 
 
 def test_tensorflow_noise_is_filtered_and_other_output_kept(capfd):
@@ -268,14 +289,25 @@ def test_imitation_and_self_improving_modes_train(tmp_path, env, module):
             assert [h["auxiliary_probability"] for h in epochs] == [0.25, 0.125]
 
 
-def test_imported_original_dm_cl_il_learns_mnist(tmp_path, env):
-    path = require_shared("reference", "original_models", "dm_cl_il", "cw.l2l-0")
-    code, log = run("evaluate_dm", env, "--optimizer=L2L", f"--path={path}", "--problem=mnist", "--num_steps=300",
+def test_imported_original_dm_cl_il_learns_mnist_by_its_shipped_name(tmp_path, env):
+    code, log = run("evaluate_dm", env, "--optimizer=L2L", "--path=dm_cl_il", "--problem=mnist", "--num_steps=300",
                     f"--output_path={tmp_path}", "--seed=2")
     assert code == 0, log
     with open(tmp_path / "L2L_eval_loss_record.pickle-mnist", "rb") as f:
         losses = np.array(pickle.load(f))
     assert losses[-50:].mean() < 0.5 * losses[:5].mean()
+    with np.load(tmp_path / "L2L_eval_loss_record.pickle-mnist.npz") as record:
+        recorded = json.loads(str(record["flags"]))
+    assert (recorded["path"], recorded["weights_file"]) == ("dm_cl_il", models.shipped_path("dm_cl_il"))
+
+
+def test_evaluate_takes_the_directory_of_a_weights_file(tmp_path, env, weights_files):
+    directory = os.path.dirname(weights_files["rnnprop"])
+    code, log = run("evaluate_rnnprop", env, f"--path={directory}", "--problem=quadratic", "--num_steps=20",
+                    f"--output_path={tmp_path}", "--seed=0")
+    assert code == 0, log
+    with np.load(tmp_path / "L2L_eval_loss_record.pickle-quadratic.npz") as record:
+        assert json.loads(str(record["flags"]))["weights_file"] == weights_files["rnnprop"]
 
 
 def test_a_finished_curriculum_is_not_trained_further_when_run_again(tmp_path, env):

@@ -30,6 +30,20 @@ def test_writes_create_directories_and_round_trip(tmp_path):
         assert pickle.load(f) == [1.5, 2.5]
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_files_get_the_mode_of_a_plain_open_under_the_umask(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        fileio.atomic_save_pickle(str(tmp_path / "record"), [1.0])
+        with open(tmp_path / "plain", "wb"):
+            pass
+    finally:
+        os.umask(previous)
+    assert os.stat(tmp_path / "record").st_mode & 0o777 == 0o666 & ~umask
+    assert os.stat(tmp_path / "record").st_mode & 0o777 == os.stat(tmp_path / "plain").st_mode & 0o777
+    assert fileio.current_umask() == previous
+
+
 def test_the_restricted_unpickler_reads_arrays_and_refuses_code(tmp_path):
     path = tmp_path / "x.pickle"
     path.write_bytes(pickle.dumps({"a": np.arange(4, dtype=np.float32)}, protocol=3))

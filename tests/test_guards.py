@@ -1,4 +1,6 @@
 """LGL2O and GL2O: exact checks on problems where the right choice is known, against numpy re-computations."""
+import json
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -37,8 +39,9 @@ class HalfSquare:
         return [0.5 * tf.add_n([tf.reduce_sum(tf.square(p)) for p in c]) for c in candidates]
 
 
-def run_guard(guard, x0, steps):
-    """Steps `guard` on f = 0.5||x||^2 from x0 (a list of arrays); returns (x per step, choices, final state)."""
+def run_guard(guard, x0, steps, states=None):
+    """Steps `guard` on f = 0.5||x||^2 from x0 (a list of arrays); returns (x per step, choices, final state).
+    `states`, a list, receives the guard's state after every step."""
     x = [tf.constant(p, tf.float32) for p in x0]
     state = guard.initial_state(x)
     xs, choices = [], []
@@ -47,6 +50,8 @@ def run_guard(guard, x0, steps):
         x = [p + d for p, d in zip(x, deltas)]
         xs.append(np.concatenate([p.numpy().ravel() for p in x]))
         choices.append(float(guard.record(state)))
+        if states is not None:
+            states.append(state)
     return xs, choices, state
 
 
@@ -83,6 +88,72 @@ def test_lgl2o_every_k_decides_on_steps_0_k_2k_and_keeps_the_choice_in_between()
     factors = np.array([0.1, -1.5, -1.5, 0.5, 0.5]).cumprod()
     np.testing.assert_allclose(np.array(xs), np.concatenate([p.ravel() for p in X0]) * factors[:, None], rtol=1e-5)
     assert guard.cost()["extra_loss_evaluations_per_step"] == pytest.approx(2 / 3)
+
+
+# FactorRule([0.9, 2.5, 2.5, 0.9]) against SGD 0.5 on 0.5||x||^2: the learned step (x -> 0.1 x) beats the guard's
+# (x -> 0.5 x) at factor 0.9 and loses at 2.5 (x -> -1.5 x); the learned counter picks the factor, so what the guard
+# does to it decides the run. Per option: choices, the learned counter after each step, and x's factor per step.
+LEARNED_STATE_RUNS = {
+    "advance": ([1, 0, 0, 1, 1], [1, 2, 3, 4, 5], [0.1, 0.5, 0.5, 0.1, 0.1]),
+    "keep": ([1, 0, 0, 0, 0], [1, 1, 1, 1, 1], [0.1, 0.5, 0.5, 0.5, 0.5]),
+    "reset": ([1, 0, 1, 0, 1], [1, 0, 1, 0, 1], [0.1, 0.5, 0.1, 0.5, 0.1]),
+}
+
+
+@pytest.mark.parametrize("learned_state", guards.LEARNED_STATES)
+def test_learned_state_after_a_guard_step_by_hand(learned_state):
+    choices_want, counters_want, factors = LEARNED_STATE_RUNS[learned_state]
+    guard = guards.make("lgl2o", FactorRule([0.9, 2.5, 2.5, 0.9]), HalfSquare(), "sgd", 0.5,
+                        learned_state=learned_state)
+    states = []
+    xs, choices, _ = run_guard(guard, X0, 5, states)
+    assert choices == choices_want
+    assert [int(s.learned) for s in states] == counters_want
+    want = np.concatenate([p.ravel() for p in X0]) * np.array(factors).cumprod()[:, None]
+    np.testing.assert_allclose(np.array(xs), want, rtol=1e-5)
+
+
+# the same rule checked every 2 steps: the choice made at steps 0, 2, 4 is kept at 1, 3, 5, and the learned state
+# follows the step taken (the learned one at step 1 whatever the option)
+LEARNED_STATE_RUNS_EVERY_2 = {
+    "advance": ([1, 1, 0, 0, 1, 1], [1, 2, 3, 4, 5, 6], [0.1, -1.5, 0.5, 0.5, 0.1, 0.1]),
+    "keep": ([1, 1, 0, 0, 0, 0], [1, 2, 2, 2, 2, 2], [0.1, -1.5, 0.5, 0.5, 0.5, 0.5]),
+    "reset": ([1, 1, 0, 0, 1, 1], [1, 2, 0, 0, 1, 2], [0.1, -1.5, 0.5, 0.5, 0.1, -1.5]),
+}
+
+
+@pytest.mark.parametrize("learned_state", guards.LEARNED_STATES)
+def test_learned_state_with_every_2_by_hand(learned_state):
+    choices_want, counters_want, factors = LEARNED_STATE_RUNS_EVERY_2[learned_state]
+    guard = guards.make("lgl2o", FactorRule([0.9, 2.5, 2.5, 0.9]), HalfSquare(), "sgd", 0.5, every=2,
+                        learned_state=learned_state)
+    states = []
+    xs, choices, _ = run_guard(guard, X0, 6, states)
+    assert choices == choices_want
+    assert [int(s.learned) for s in states] == counters_want
+    want = np.concatenate([p.ravel() for p in X0]) * np.array(factors).cumprod()[:, None]
+    np.testing.assert_allclose(np.array(xs), want, rtol=1e-5)
+
+
+def test_learned_moments_after_a_guard_step_are_kept_reset_or_advanced():
+    # learned: Adam 0.5 (its moments stand for RNNprop's); guard: x -> 0.9 x at step 0 (worse than Adam's step),
+    # x -> 0 at step 1 (better). After the guard's step the learned state is Adam's after the first gradient (keep),
+    # its initial state (reset) or Adam's after both gradients (advance)
+    x0 = np.concatenate([p.ravel() for p in X0])
+    adam = optimizers.Adam(0.5)
+    delta, after_one = adam.step(tf.constant(x0), adam.initial_state(3))
+    x1 = x0 + delta.numpy()
+    _, after_two = adam.step(tf.constant(x1), after_one)
+    for learned_state, want in (("keep", after_one), ("reset", adam.initial_state(3)), ("advance", after_two)):
+        guard = guards.make("lgl2o", optimizers.Adam(0.5), HalfSquare(), FactorRule([0.1, 1.0]),
+                            learned_state=learned_state)
+        xs, choices, state = run_guard(guard, X0, 2)
+        assert choices == [1.0, 0.0]
+        np.testing.assert_allclose(xs[0], x1, rtol=1e-6)
+        np.testing.assert_array_equal(xs[1], np.zeros(3))
+        for got, expected in zip(tf.nest.flatten(state.learned), tf.nest.flatten(want)):
+            np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-6)
+        assert float(state.learned[2]) == {"keep": 1.0, "reset": 0.0, "advance": 2.0}[learned_state]
 
 
 def gl2o_numpy(x0, factors, lr, steps, mu_update, delta=0.01):
@@ -158,6 +229,8 @@ def test_bad_options_are_one_line_errors():
         guards.make("gl2o", FactorRule([1.0]), HalfSquare(), "sgd", 0.1, mu_update="median")
     with pytest.raises(guards.GuardError, match="batch"):
         guards.GuardedProblem(None, None, batch="next")
+    with pytest.raises(guards.GuardError, match="unknown learned_state 'forget': expected one of advance, keep, reset"):
+        guards.make("gl2o", FactorRule([1.0]), HalfSquare(), "sgd", 0.1, learned_state="forget")
 
 
 def tiny_classifier(seed=0):
@@ -238,19 +311,26 @@ def test_evaluate_with_a_guard_records_the_choices_and_equals_the_library_run(tm
     from l2o_tf import datasets, evaluate, models
     code, output = run_module("l2o_tf.evaluate_dm", new_user_env, f"--path={models.shipped_path('dm')}",
                               "--problem=mnist", "--num_steps=40", "--seed=5", f"--output_path={tmp_path}",
-                              "--guard=lgl2o", "--guard_learning_rate=1", "--guard_batch=own")
+                              "--guard=lgl2o", "--guard_learning_rate=1", "--guard_batch=own",
+                              "--guard_learned_state=reset")
     assert code == 0, output
     assert "Guard lgl2o: learned step taken at" in output and "2 extra loss" in output
     with np.load(tmp_path / "L2L_eval_loss_record.pickle-mnist.npz") as data:
-        losses, choices = data["losses"], data["learned_step"]
+        losses, choices, run_flags = data["losses"], data["learned_step"], json.loads(str(data["flags"]))
+    assert run_flags["learned_state"] == "reset"
     sample = datasets.embedded_sample("test")
     problem = problems.get("mnist", mode="test", dataset=(sample.images, sample.labels))
-    rule, view = guards.guard_problem(problem, models.load("dm"), 5, "lgl2o", batch="own", guard_optimizer="sgd",
-                                      guard_learning_rate=1.0)
-    want_choices = []
-    want = evaluate.evaluate(view, rule, 40, 1, 5, records=want_choices)
+
+    def library_run(learned_state):
+        rule, view = guards.guard_problem(problem, models.load("dm"), 5, "lgl2o", batch="own", guard_optimizer="sgd",
+                                          guard_learning_rate=1.0, learned_state=learned_state)
+        records = []
+        return evaluate.evaluate(view, rule, 40, 1, 5, records=records), records
+
+    want, want_choices = library_run("reset")
     np.testing.assert_array_equal(losses, want)
     np.testing.assert_array_equal(choices, want_choices)
+    assert 0 < np.mean(choices) < 1 and not np.array_equal(library_run("advance")[0], want)  # the flag mattered
 
 
 def test_guards_of_several_seeds_in_one_run_record_what_each_records_alone(tmp_path):
@@ -281,6 +361,8 @@ def test_guards_of_several_seeds_in_one_run_record_what_each_records_alone(tmp_p
     (["--guard=lgl2o"], "--guard needs --guard_learning_rate"),
     (["--guard=lgl2o", "--guard_learning_rate=fast"], "--guard_learning_rate must be a number"),
     (["--guard=gl2o", "--guard_learning_rate=1", "--guard_mu_update=median"], "unknown --guard_mu_update"),
+    (["--guard=lgl2o", "--guard_learning_rate=1", "--guard_learned_state=forget"],
+     "unknown --guard_learned_state='forget': expected one of advance, keep, reset"),
     (["--guard=lgl2o", "--guard_learning_rate=tuned:/no/such.json"], "no such tuned-rates file"),
 ])
 def test_bad_guard_flags_are_one_line_errors(flags, message, new_user_env):

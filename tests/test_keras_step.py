@@ -4,10 +4,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from conftest import require_shared
+import l2o_tf
 from l2o_tf import datasets
 from l2o_tf import keras_step
-from l2o_tf import networks
 from l2o_tf import optimizers
 from l2o_tf import rules
 
@@ -64,7 +63,6 @@ def test_adam_through_apply_update_trains_a_keras_mlp():
 
 
 def test_the_imported_dm_cl_il_trains_a_keras_mlp():
-    path = require_shared("reference", "original_models", "dm_cl_il", "cw.l2l-0")
     keras.utils.set_random_seed(0)
-    losses = train(networks.load(path), mlp(), *mnist_sample(), steps=150)
+    losses = train(l2o_tf.load("dm_cl_il"), mlp(), *mnist_sample(), steps=150)
     assert np.mean(losses[-20:]) < 0.6 * np.mean(losses[:5])

@@ -1,19 +1,21 @@
 """The learned-optimizer cells against an independent numpy reading of SPEC_DM §1, and their files."""
 import os
 import pickle
+import re
 
 import numpy as np
 import pytest
 import keras
 import tensorflow as tf
 
-from conftest import require_shared
+from l2o_tf import models
 from l2o_tf import networks
 
 
 def original_file(model):
-    return require_shared("reference", "original_models", model,
-                          ("rp" if model.startswith("rnnprop") else "cw") + ".l2l-0")
+    """The original release's weights file of `model`, as the package ships it (byte for byte: test_keras_optimizer
+    checks each against the original's digest)."""
+    return models.shipped_path(model)
 
 
 # -- independent numpy reference (float64), written from the spec's formulas ------------------------------------
@@ -173,6 +175,14 @@ def test_save_load_round_trip_is_bit_exact(tmp_path, cell_class):
         raw = pickle.load(f)
     assert set(raw) == set(cell.get_original_weights())
     assert type(networks.load(path)) is cell_class
+
+
+def test_layers_are_named_after_their_networks_and_numbered_like_keras_layers():
+    first, second = networks.RNNprop(), networks.RNNprop()
+    assert re.fullmatch(r"rnnprop(_\d+)?", first.name) and second.name != first.name
+    assert second.name.startswith("rnnprop_") and networks.RNNprop(name="mine").name == "mine"
+    assert networks.RNNprop.from_config(second.get_config()).name == second.name
+    assert networks.CoordinateWiseDeepLSTM().name.startswith("coordinate_wise_deep_lstm")
 
 
 def test_original_files_load_with_the_spec_statistics():

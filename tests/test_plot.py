@@ -1,4 +1,5 @@
 """l2o_tf.plot: the seeds' mean and band against numpy, the files it writes, and its one-line errors."""
+import json
 import os
 import pickle
 import subprocess
@@ -44,6 +45,34 @@ def test_seeds_are_averaged_per_label_and_problem(tmp_path):
     np.testing.assert_allclose(std, logs.std(axis=0), rtol=1e-4, atol=1e-6)
     assert panels["mnist"][1][0] == "SGD" and len(panels["mnist"][1][1]) == 25
     assert [line[3] for line in panels["mnist_relu"]] == [1]
+
+
+def test_the_figure_draws_each_labels_mean_band_and_names_the_smoothing():
+    steps = np.arange(1, 101)
+    panels = {"mnist": [("dm (a)", -0.01 * steps, np.full(100, 0.5), 3), ("sgd", -0.02 * steps, np.zeros(100), 1)],
+              "mnist_relu": [("dm (a)", 0.01 * steps, np.full(100, 0.1), 2)]}
+    figure = plot.draw(panels, "t", window=7)
+    left, right = figure.axes[:2]
+    assert [axis.get_title() for axis in (left, right)] == ["mnist", "mnist_relu"]
+    assert [line.get_label() for line in left.lines] == ["dm (a) (3 seeds)", "sgd"]
+    np.testing.assert_allclose(left.lines[0].get_xdata(), steps)
+    np.testing.assert_allclose(left.lines[1].get_ydata(), -0.02 * steps)
+    np.testing.assert_allclose(right.lines[0].get_ydata(), 0.01 * steps)
+    band = left.collections[0].get_paths()[0].vertices[:, 1]   # one band: the label with 3 seeds, mean +- std
+    assert len(left.collections) == 1 and np.isclose(band.max(), -0.01 + 0.5) and np.isclose(band.min(), -1 - 0.5)
+    assert left.get_ylabel() == "ln(minibatch loss), moving average of 7 steps"
+    assert plot.draw(panels).axes[0].get_ylabel() == "ln(minibatch loss)"
+
+
+def test_records_made_on_the_embedded_sample_are_marked(tmp_path):
+    for seed, source in enumerate(["embedded sample (3,000 training digits)", "/data/mnist"]):
+        path = write_record(tmp_path / f"seed{seed}", "L2L", "mnist", np.linspace(1.0, 0.5, 10))
+        fileio.atomic_save_npz(path + ".npz", losses=np.linspace(1.0, 0.5, 10),
+                               flags=json.dumps({"data_source": source}))
+    write_record(tmp_path / "old", "SGD", "mnist", np.linspace(1.0, 0.5, 10))   # a bare pickle: not marked
+    panels = plot.curves(plot.parse_series([f"dm={tmp_path}/seed0/*", f"full={tmp_path}/seed1/*",
+                                            f"sgd={tmp_path}/old/*"]), 1)
+    assert [line[0] for line in panels["mnist"]] == ["dm" + plot.SAMPLE_MARK, "full", "sgd"]
 
 
 def run_plot(*args, code=None):

@@ -5,13 +5,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from l2o_tf import names
 from l2o_tf import problems
 
 EXPECTED_COUNTS = {
     "quadratic": 1280, "mnist": 15910, "mnist_relu": 15910, "mnist_deeper": 16330,
     "mnist_conv": 18122, "cifar_conv": 13610, "lenet": 62232, "nas": 7578,
 }
-CLASSIFIERS = [n for n in problems.PROBLEMS if n != "quadratic"]
+CLASSIFIERS = [n for n in names.PROBLEM_DATASETS if n != "quadratic"]
 
 
 def _random_dataset(shape, n=256, seed=0):
@@ -44,11 +45,11 @@ def _get(name, dataset=None):
 
 @pytest.fixture(scope="module")
 def built():
-    return {name: _get(name) for name in problems.PROBLEMS}
+    return {name: _get(name) for name in names.PROBLEM_DATASETS}
 
 
 def test_problem_list():
-    assert set(problems.PROBLEMS) == set(EXPECTED_COUNTS)
+    assert set(names.PROBLEM_DATASETS) == set(EXPECTED_COUNTS)
 
 
 @pytest.mark.parametrize("name", list(EXPECTED_COUNTS))
@@ -310,5 +311,5 @@ def test_bad_dataset(name, dataset):
 
 def test_only_the_conv_problems_are_convolutional():
     """Runners compile with XLA exactly for the problems without convolutions."""
-    convolutional = {name for name in problems.PROBLEMS if _get(name).is_convolutional}
-    assert convolutional == {"mnist_conv", "cifar_conv", "lenet", "nas"}
+    convolutional = {name for name in names.PROBLEM_DATASETS if _get(name).is_convolutional}
+    assert convolutional == set(names.CONVOLUTIONAL_PROBLEMS) == {"mnist_conv", "cifar_conv", "lenet", "nas"}

@@ -58,7 +58,8 @@ def test_read_flagfile(tmp_path):
 def test_dry_run_lists_the_plan_and_what_is_done(tmp_path, new_user_env):
     runs = tmp_path / "runs"
     code, out = run_module("l2o_tf.reproduce", new_user_env, f"--flagfile={CONFIGS}/presets/short.flags",
-                           f"--configs_dir={CONFIGS}", f"--runs_dir={runs}", "--dry_run", report_tensorflow=True)
+                           f"--configs_dir={CONFIGS}", f"--runs_dir={runs}", "--dry_run", "--allow_embedded_sample",
+                           report_tensorflow=True)
     assert code == 0, out
     lines = out.splitlines()
     training = [line for line in lines if " -m l2o" in line]
@@ -79,7 +80,7 @@ def test_dry_run_lists_the_plan_and_what_is_done(tmp_path, new_user_env):
     record.parent.mkdir(parents=True)
     record.write_bytes(b"")
     code, out = run_module("l2o_tf.reproduce", new_user_env, f"--flagfile={CONFIGS}/presets/short.flags",
-                           f"--configs_dir={CONFIGS}", f"--runs_dir={runs}", "--dry_run")
+                           f"--configs_dir={CONFIGS}", f"--runs_dir={runs}", "--dry_run", "--allow_embedded_sample")
     done = [line for line in out.splitlines() if line.startswith("[done]")]
     assert len(done) == 2 and "train/dm/seed1" in done[0] and done[1] == \
         "[done] evaluate Adam on mnist, seed 3, 10000 steps"
@@ -95,6 +96,10 @@ def test_dry_run_lists_the_plan_and_what_is_done(tmp_path, new_user_env):
     (["--preset=short", "--experiments=rnnprop", "--guard_problems=mnist"], "guard our trained dm"),
     (["--preset=short", "--experiments=dm", "--eval_seeds=2,x"], "--eval_seeds: expected integers"),
     (["--preset=short", "--experiments=dm", "--problems=cifar_conv", "--data_dir=/nonexistent"], "cifar10"),
+    (["--preset=short", "--experiments=dm", "--data_dir=/nonexistent", "--dry_run"], "/nonexistent"),
+    (["--preset=paper_mnist", "--experiments=dm", "--dry_run"], "no data given, and the paper_mnist preset compares "
+                                                                "with the paper: give the full MNIST with --data_dir"),
+    (["--preset=short", "--experiments=dm"], "or run on the embedded 3,000-image sample with --allow_embedded_sample"),
 ])
 def test_bad_plans_fail_in_a_line_before_tensorflow(flags, message, new_user_env):
     code, out = run_module("l2o_tf.reproduce", new_user_env, f"--configs_dir={CONFIGS}", *flags,

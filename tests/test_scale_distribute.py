@@ -118,7 +118,8 @@ def test_one_optimizee_on_the_default_strategy_is_the_one_optimizee_run_exactly(
     assert_same_arrays([v.numpy() for v in run.iterations.meta_optimizer.variables],
                        [v.numpy() for v in reference.iterations.meta_optimizer.variables])
     assert_same_arrays(carried(run), carried(reference))
-    assert run.cell._rng.state.numpy().tolist() == reference.cell._rng.state.numpy().tolist()
+    assert (run.cell.initial_lr_generator.state.numpy().tolist()
+            == reference.cell.initial_lr_generator.state.numpy().tolist())
     assert int(run.iterations.meta_optimizer.iterations) == 4
     # one optimizee's checkpoint holds exactly what it did before several were possible
     assert set(run._checkpointed()) == {"weights", "meta_optimizer", "carried_state", "has_carried_state",

@@ -1,6 +1,9 @@
 """L2O-Scale meta-training (SPEC_SCALE §2.2, §3, §4): each piece against a numpy re-implementation of the spec."""
+import glob
 import json
+import logging
 import math
+import os
 
 import keras
 import numpy as np
@@ -9,7 +12,7 @@ import tensorflow as tf
 
 from conftest import mnist_on_random_images
 from l2o_scale import checkpoint, config as scale_config, meta_objective, meta_optimizer, meta_training, plans, unroll
-from l2o_tf import curriculum
+from l2o_tf import curriculum, errors
 
 
 # -- §2.2 the meta-objective -------------------------------------------------------------------------------------
@@ -183,15 +186,6 @@ def test_validation_batches_stay_in_the_subset():
     batches = plans.validation_batches(np.random.default_rng(7), subset, [20, 20, 20], 8)
     assert [b.shape for b in batches] == [(20, 8)] * 3
     assert set(np.concatenate(batches).ravel().tolist()) <= set(subset.tolist())
-
-
-def test_regularizer_switch_table():
-    """§4.3: posterior after, prior before int(U * reg_scale + 1); none never; anything else always."""
-    U, scale = 10, 0.5  # boundary 6
-    assert [plans.regularizer_switch("posterior", u, U, scale) for u in range(U)] == [False] * 7 + [True] * 3
-    assert [plans.regularizer_switch("prior", u, U, scale) for u in range(U)] == [True] * 6 + [False] * 4
-    assert not any(plans.regularizer_switch("none", u, U, scale) for u in range(U))
-    assert all(plans.regularizer_switch("always", u, U, scale) for u in range(U))
 
 
 def test_optimizee_init_is_standard_normal():
@@ -392,10 +386,11 @@ def test_tiny_metarun_with_curriculum_and_imitation_then_resume(mnist_600, tmp_p
     replay = curriculum.Curriculum((6, 9, 12), min_num_eval=2)
     for record in history:
         if record["kind"] == "validation":
-            assert replay.observe(record["cost"]) == record["decision"] and record["stage"] == replay.stage
+            assert replay.observe(record["validation_loss_sum"]) == record["decision"]
+            assert record["stage"] == replay.stage and record["validation_loss_mean"] == record["validation_loss_sum"]
             assert record["steps"] == replay.valid_steps or record["decision"] == curriculum.ADVANCE
         elif record["kind"] == "stage":
-            replay.start_stage(record["baseline"])
+            replay.start_stage(record["baseline_loss_sum"])
     assert any(r.get("decision") == curriculum.IMPROVED for r in history)
     # files: the best model in the original's TF1 format, loadable, trained (moved), with RMSProp slots
     assert (logdir / "model.ckpt-0.index").exists() and (logdir / "checkpoint").exists()
@@ -406,6 +401,28 @@ def test_tiny_metarun_with_curriculum_and_imitation_then_resume(mnist_600, tmp_p
     _, tensors = checkpoint.read(str(logdir / "model.ckpt-0"))
     assert int(tensors["global_step"]) > 0
     assert np.all(tensors["LOL/update_weights/RMSProp"] < 1.0)  # ms started at 1 and decayed with the updates
+
+
+def test_resume_refuses_a_changed_run_takes_the_runs_seed_and_a_finished_run_stays_done(mnist_600, tmp_path, caplog):
+    """One meta-iteration without curriculum or imitation, validated by two runs (mean and sum both in the history);
+    another seed or setting is refused; no seed given is the run's; the same run again trains and writes nothing."""
+    small = dict(if_cl=False, if_mt=False, fix_num_steps=6, fix_num_steps_eval=6, evaluation_epochs=2,
+                 num_meta_iterations=1)
+    meta_training.ScaleTraining(tiny_config(tmp_path, **small), mnist_600).run()
+    logdir = tmp_path / scale_config.LOGDIR_NAME
+    (validation,) = [h for h in json.loads((logdir / "history.json").read_text()) if h["kind"] == "validation"]
+    assert validation["validation_loss_mean"] * 2 == validation["validation_loss_sum"] > 0  # halving is exact
+    with pytest.raises(errors.UsageError, match="holds another run: --mini_batch_size=200 there, 300 now; --seed=3 "
+                                                "there, 4 now; resume it with its settings"):
+        meta_training.ScaleTraining(tiny_config(tmp_path, **small, mini_batch_size=300, seed=4), mnist_600)
+    files = {p: os.stat(p).st_mtime_ns for p in glob.glob(str(tmp_path / "**"), recursive=True)}
+    caplog.set_level(logging.INFO)
+    again = meta_training.ScaleTraining(tiny_config(tmp_path, **{**small, "seed": None, "save_period": 5}), mnist_600)
+    assert again.resumed and again.seed == 3
+    again.run()
+    assert {p: os.stat(p).st_mtime_ns for p in glob.glob(str(tmp_path / "**"), recursive=True)} == files
+    assert ("this run has already ended (it reached epoch 1 of --num_meta_iterations=1; a larger "
+            f"--num_meta_iterations continues it); the best model is {logdir / 'model.ckpt-0'}") in caplog.text
 
 
 # -- §4.2 the shared imitation code with Scale's options ---------------------------------------------------------

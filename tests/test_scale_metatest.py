@@ -1,5 +1,6 @@
 """`python -m l2o_scale.metatest` end to end on tiny budgets (embedded MNIST sample), and its test problems."""
 import json
+import os
 import pickle
 
 import numpy as np
@@ -12,6 +13,7 @@ from l2o_scale import eval_problems
 from l2o_scale import hierarchical_rnn
 from l2o_tf import datasets
 from l2o_tf import meta
+from l2o_tf import models
 from l2o_tf import seeding
 
 
@@ -85,6 +87,16 @@ def test_baseline_and_several_groups(env, tmp_path):
             assert len(pickle.load(f)) == 10
 
 
+def test_the_shipped_checkpoint_by_its_name(env, tmp_path):
+    code, output = metatest(env, "--train_dir=scale_smoke", "--include_mnist_mlp_problems", "--num_testing_itrs=3",
+                            "--seeds=6", f"--save_dir={tmp_path}", "--model_name=smoke")
+    assert code == 0, output
+    with np.load(tmp_path / "seed6_eval_loss_record.pickle-smoke.npz") as npz:
+        shipped = os.path.join(models.shipped_path("scale_smoke"), "model.ckpt-0")
+        assert json.loads(str(npz["flags"]))["checkpoint"] == shipped
+        assert npz["losses"].shape == (3,) and np.all(np.isfinite(npz["losses"]))
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--test_optimizer=rmsprop", "--include_mnist_mlp_problems"], "unknown --test_optimizer"),
     (["--test_optimizer=sgd"], "no test problem selected"),
@@ -92,6 +104,7 @@ def test_baseline_and_several_groups(env, tmp_path):
     (["--include_mnist_mlp_problems", "--seeds=6,x"], "--seeds must be comma-separated integers"),
     (["--include_mnist_mlp_problems", "--train_dir={tmp}"], "no checkpoint"),
     (["--include_mnist_mlp_problems", "--train_dir={tmp}/none/model.ckpt-0"], "no such checkpoint"),
+    (["--include_mnist_mlp_problems", "--train_dir=scale_smok"], "shipped checkpoints: scale_smoke"),
     (["--include_mnist_mlp_problems", "--train_dir={tmp}", "--restore_model_name=model.ckpt-3"],
      "no such checkpoint"),
     (["--include_mnist_mlp_problems", "--test_optimizer=adam", "--min_lr=1e-5"], "only apply to"),

@@ -8,20 +8,20 @@ import pytest
 import tensorflow as tf
 
 import l2o_scale
-from conftest import require_shared
 from l2o_scale import checkpoint
 from l2o_scale import hierarchical_rnn
 from l2o_tf import errors
 from l2o_tf import meta
+from l2o_tf import models
 from l2o_tf import problems
 
 SHAPES = [(6, 3), (3,), (3, 2), (2,)]  # a small MLP's tensors, in problem order
 
 
-def require_original():
-    """The shipped original checkpoint's prefix (skip without ../shared, fail with $L2O_REQUIRE_SHARED=1)."""
-    index = require_shared("reference", "original_models", "scale_cl_il", "model.ckpt-0.index")
-    return index[:-len(".index")]
+def original_prefix():
+    """The prefix of the original L2O-Scale checkpoint (its 6-step smoke test), as the package ships it (byte for
+    byte: test_keras_optimizer checks its files against the original's digests)."""
+    return os.path.join(models.shipped_path("scale_smoke"), "model.ckpt-0")
 
 
 # -- independent numpy reference (float64), written from SPEC_SCALE §1.3-§1.5 ------------------------------------
@@ -163,7 +163,7 @@ def test_meta_parameter_count_names_and_initialisers():
 
 
 def test_matches_the_original_checkpoint_layout():
-    _, tensors = checkpoint.read(require_original())
+    _, tensors = checkpoint.read(original_prefix())
     opt = hierarchical_rnn.HierarchicalRNN()
     expected = {n: tuple(a.shape) for n, a in tensors.items() if n.startswith("LOL/") and "RMSProp" not in n}
     assert {n: tuple(v.shape) for n, v in opt.original_variables().items()} == expected
@@ -186,12 +186,12 @@ def test_bias_gru_cell_is_a_serializable_keras_rnn_cell():
 # -- one and several steps against numpy ---------------------------------------------------------------------------
 
 def test_steps_match_numpy_with_the_imported_checkpoint():
-    opt = l2o_scale.load(require_original())
+    opt = l2o_scale.load(original_prefix())
     compare_run(opt, num_steps=3, seed=0)
 
 
 def test_steps_match_numpy_with_a_non_trivial_learning_rate_path():
-    opt = l2o_scale.load(require_original())
+    opt = l2o_scale.load(original_prefix())
     perturb_lr_path(opt, np.random.default_rng(1))
     state0 = opt.initial_state(SHAPES)
     state = compare_run(opt, num_steps=4, seed=1)
@@ -338,20 +338,20 @@ def test_wrong_gradients_are_clear_errors():
 # -- checkpoints ---------------------------------------------------------------------------------------------------
 
 def test_import_reads_every_variable_by_name():
-    path = require_original()
+    path = original_prefix()
     opt = l2o_scale.load(path)
     _, tensors = checkpoint.read(path)
     for name, var in opt.original_variables().items():
         np.testing.assert_array_equal(var.numpy(), tensors[name])
-    assert int(tensors["global_step"]) == 6  # the 6-step smoke test of SPEC_SCALE §8.8
-    by_dir = l2o_scale.load(os.path.dirname(path))
-    np.testing.assert_array_equal(by_dir.original_variables()["LOL/update_weights"].numpy(),
-                                  tensors["LOL/update_weights"])
+    assert int(tensors["global_step"]) == 6  # a 6-step smoke test (l2o_tf/pretrained/README.md)
+    for other in (os.path.dirname(path), "scale_smoke"):  # its directory, its shipped name
+        np.testing.assert_array_equal(l2o_scale.load(other).original_variables()["LOL/update_weights"].numpy(),
+                                      tensors["LOL/update_weights"])
     assert l2o_scale.load(path, init_lr_range=(1e-5, 1e-3)).init_lr_range == (1e-5, 1e-3)
 
 
 def test_save_round_trip_is_bit_exact_with_original_names(tmp_path):
-    path = require_original()
+    path = original_prefix()
     opt = l2o_scale.load(path)
     _, original = checkpoint.read(path)
     slots = {n: a for n, a in original.items() if "RMSProp" in n or n == "global_step"}

@@ -1,6 +1,8 @@
 """The trainer as a library: MetaTraining(config, problem) built and run in-process, on tiny budgets."""
+import dataclasses
 import glob
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -14,7 +16,9 @@ from l2o_tf import config as config_lib
 from l2o_tf import curriculum
 from l2o_tf import errors
 from l2o_tf import meta
+from l2o_tf import names
 from l2o_tf import networks
+from l2o_tf import optimizers
 from l2o_tf import original_pickle
 from l2o_tf import rules
 from l2o_tf import seeding
@@ -108,7 +112,7 @@ def test_a_curriculum_advance_restores_the_stages_best_and_revalidates(quadratic
     assert decisions[:2] == [curriculum.IMPROVED, curriculum.ADVANCE]
     assert asked[:3] == [10, 10, 15]  # stage 0 validates on stage 1's length; the new baseline on stage 2's
     stage = [h for h in run.history if h["kind"] == "stage"][0]
-    assert stage["stage"] == 1 and stage["baseline"] == 7.0 and stage["train_steps"] == 10
+    assert stage["stage"] == 1 and stage["baseline_loss_sum"] == 7.0 and stage["train_steps"] == 10
     assert [h["train_steps"] for h in epochs(run.history)] == [5, 5, 10]
     # epoch 3 trained from the restored stage-0 best, then 4.5 < 7.0 improved it: stage 1 saved
     assert decisions[2] == curriculum.IMPROVED and os.path.exists(tmp_path / "cw.l2l-1")
@@ -239,6 +243,126 @@ def test_resume_refuses_a_different_run_and_a_corrupt_checkpoint(quadratic, tmp_
         training.MetaTraining(config(num_epochs=2, save_path=str(tmp_path)), quadratic)
 
 
+def test_resume_refuses_a_changed_run_naming_every_difference(quadratic, tmp_path):
+    training.MetaTraining(config(num_epochs=2, save_path=str(tmp_path)), quadratic).run()  # seed 3
+    with pytest.raises(errors.UsageError) as refused:
+        training.MetaTraining(config(num_epochs=4, seed=1, learning_rate=0.01, num_steps_schedule=(5, 10),
+                                     save_path=str(tmp_path)), quadratic)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith(f"{tmp_path} holds another run: --learning_rate=0.001 there, 0.01 now; "
+                              "--num_steps_schedule=[100, 200, 500, 1000, 1500, 2000, 2500, 3000] there, [5, 10] now; "
+                              "--seed=3 there, 1 now; resume it with its settings (only --num_epochs, --save_path,")
+    assert os.path.exists(tmp_path / "checkpoints" / "ckpt-2.index")  # the run's last; the refusal wrote none
+    assert not glob.glob(str(tmp_path / "checkpoints" / "ckpt-3*"))
+
+
+def test_resume_refuses_other_data(tiny_mnist, tmp_path):
+    training.MetaTraining(config(problem="mnist", num_epochs=1, save_path=str(tmp_path)), tiny_mnist).run()
+    real = dataclasses.replace(tiny_mnist, data_source="IDX files in /data/mnist")
+    with pytest.raises(errors.UsageError, match=r"holds another run: data 'given arrays' there, 'IDX files in "
+                                                r"/data/mnist' now \(--data_dir, \$L2O_DATA_DIR\); resume it"):
+        training.MetaTraining(config(problem="mnist", num_epochs=2, save_path=str(tmp_path)), real)
+
+
+def test_resume_takes_the_runs_seed_and_lets_length_and_outputs_change(quadratic, tmp_path):
+    """No seed given: the checkpoint's, not a fresh one; --num_epochs, --checkpoint_secs, --tensorboard_dir and
+    --snapshot_every may change."""
+    whole = training.MetaTraining(config(num_epochs=4, save_path=str(tmp_path / "whole")), quadratic)
+    whole.run()
+    training.MetaTraining(config(num_epochs=2, save_path=str(tmp_path / "cut")), quadratic).run()
+    resumed = training.MetaTraining(config(num_epochs=4, seed=None, checkpoint_secs=5.0, snapshot_every=1,
+                                           tensorboard_dir=str(tmp_path / "tb"), save_path=str(tmp_path / "cut")),
+                                    quadratic)
+    assert resumed.resumed and resumed.seed == 3 and resumed.epoch == 2
+    resumed.run()
+    assert resumed.epoch == 4 and resumed.history[1:] == whole.history[1:]
+    assert os.path.exists(tmp_path / "cut" / "cw.l2l-3") and not os.path.exists(tmp_path / "cut" / "cw.l2l-1")
+
+
+def old_checkpoint(run, missing):
+    """Make `run` checkpoint as older code did: its config without the fields `missing`, validation sums alone, as
+    "cost" and "baseline"."""
+    old_names = {"validation_loss_sum": "cost", "baseline_loss_sum": "baseline"}
+
+    def progress_state():
+        state = training.MetaTraining._progress_state(run)
+        for name in missing:
+            del state["config"][name]
+        state["history"] = [{old_names.get(key, key): value for key, value in record.items()
+                             if not key.endswith("_loss_mean")} for record in state["history"]]
+        return state
+
+    run._progress_state = progress_state
+    return run
+
+
+def test_an_older_checkpoint_resumes_with_defaults_for_what_it_lacks(quadratic, tmp_path, caplog):
+    """A setting the checkpoint predates is its default; its history's validation sums get today's names."""
+    settings = dict(if_cl=True, num_steps_schedule=(5, 10, 15), min_num_eval=2, evaluation_period=1,
+                    evaluation_epochs=4, save_path=str(tmp_path))
+    run = old_checkpoint(training.MetaTraining(config(num_epochs=3, **settings), quadratic),
+                         missing=("k", "auxiliary_decay_epochs"))
+    script_validation(run, [5.0, 6.0, 7.0, 4.5])  # improved, advance (baseline 7.0), improved
+    run.run()
+    with pytest.raises(errors.UsageError, match="holds another run: --k=1 there, 2 now; resume"):
+        training.MetaTraining(config(num_epochs=4, k=2, **settings), quadratic)
+    caplog.set_level(logging.INFO)
+    resumed = training.MetaTraining(config(num_epochs=4, **settings), quadratic)
+    assert resumed.resumed and resumed.epoch == 3
+    assert f"the checkpoint in {tmp_path} predates --k=1, --auxiliary_decay_epochs=100: taken as the defaults" \
+        in caplog.text
+    validations = [h for h in resumed.history if h["kind"] == "validation"]
+    assert [(h["validation_loss_mean"], h["validation_loss_sum"]) for h in validations] == [
+        (1.25, 5.0), (1.5, 6.0), (1.125, 4.5)]
+    (stage,) = [h for h in resumed.history if h["kind"] == "stage"]
+    assert (stage["baseline_loss_mean"], stage["baseline_loss_sum"]) == (1.75, 7.0) and "baseline" not in stage
+
+
+def test_a_finished_run_says_so_and_writes_nothing_until_num_epochs_is_raised(quadratic, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    training.MetaTraining(config(num_epochs=2, save_path=str(tmp_path)), quadratic).run()
+    files = {p: os.stat(p).st_mtime_ns for p in glob.glob(str(tmp_path / "**"), recursive=True)}
+    caplog.clear()
+    again = training.MetaTraining(config(num_epochs=2, save_path=str(tmp_path)), quadratic)
+    again.run()
+    assert {p: os.stat(p).st_mtime_ns for p in glob.glob(str(tmp_path / "**"), recursive=True)} == files
+    assert again.epoch == 2 and "resuming" not in caplog.text
+    assert (f"this run has already ended (it reached epoch 2 of --num_epochs=2; a larger --num_epochs continues it); "
+            f"the best model is {tmp_path / 'cw.l2l-0'}") in caplog.text
+    longer = training.MetaTraining(config(num_epochs=3, save_path=str(tmp_path)), quadratic)
+    longer.run()
+    assert longer.epoch == 3 and [h["epoch"] for h in epochs(longer.history)] == [1, 2, 3]
+
+
+def test_a_run_the_curriculum_ended_stays_ended_with_more_epochs(quadratic, tmp_path, caplog):
+    run = training.MetaTraining(config(if_cl=True, num_steps_schedule=(5,), min_num_eval=1, evaluation_period=1,
+                                       num_epochs=10, save_path=str(tmp_path)), quadratic)
+    script_validation(run, [5.0, 6.0])  # improved, then the last (only) stage stops improving: finished
+    run.run()
+    assert run.finished and run.epoch == 2
+    checkpoints = sorted(os.listdir(tmp_path / "checkpoints"))
+    caplog.set_level(logging.INFO)
+    again = training.MetaTraining(config(if_cl=True, num_steps_schedule=(5,), min_num_eval=1, evaluation_period=1,
+                                         num_epochs=20, save_path=str(tmp_path)), quadratic)
+    again.run()
+    assert again.epoch == 2 and sorted(os.listdir(tmp_path / "checkpoints")) == checkpoints
+    assert "this run has already ended (the curriculum ended it); the best model is" in caplog.text
+    assert "resuming" not in caplog.text
+
+
+def test_history_keeps_the_validation_mean_and_sum(quadratic, tmp_path):
+    run = training.MetaTraining(config(num_epochs=2, evaluation_period=1, evaluation_epochs=4,
+                                       save_path=str(tmp_path)), quadratic)
+    run.run()
+    with open(tmp_path / "history.json") as f:
+        validations = [h for h in json.load(f) if h["kind"] == "validation"]
+    assert len(validations) == 2 and all("cost" not in h for h in validations)
+    for h in validations:  # a division by 4: exact
+        assert h["validation_loss_mean"] * 4 == h["validation_loss_sum"] and h["validation_loss_sum"] > 0
+    assert run.curriculum.best == min(h["validation_loss_sum"] for h in validations)  # the curriculum compares sums
+
+
 def test_the_self_improving_decay_counts_training_epochs_only(quadratic):
     run = training.MetaTraining(config(num_epochs=8, evaluation_period=100, if_mt=True, mt_ratio=0.5,
                                        self_improving=True, auxiliary_decay_epochs=4), quadratic)
@@ -249,10 +373,13 @@ def test_the_self_improving_decay_counts_training_epochs_only(quadratic):
         max(0.0, 1 - i / 4) / 4 for i in range(len(trained))]
 
 
-def test_tensorboard_scalars(quadratic, tmp_path):
+def test_tensorboard_scalars(quadratic, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
     run = training.MetaTraining(config(num_epochs=4, evaluation_period=2, if_mt=True, mt_ratio=0.5,
                                        tensorboard_dir=str(tmp_path)), quadratic)
     run.run()
+    assert caplog.text.count(f"TensorBoard summaries go to {tmp_path}: view them with `tensorboard --logdir "
+                             f"{tmp_path}`") == 1
     scalars = {}
     for path in glob.glob(str(tmp_path / "events.out.tfevents.*")):
         for event in tf.compat.v1.train.summary_iterator(path):
@@ -260,7 +387,7 @@ def test_tensorboard_scalars(quadratic, tmp_path):
                 scalars.setdefault(value.tag, []).append((event.step, float(tf.make_ndarray(value.tensor))))
     assert [step for step, _ in scalars["seconds_per_epoch"]] == [1, 2, 3, 4]
     assert [step for step, _ in scalars["validation_cost"]] == [2, 4]
-    validations = [h["cost"] for h in run.history if h["kind"] == "validation"]
+    validations = [h["validation_loss_mean"] for h in run.history if h["kind"] == "validation"]
     assert [v for _, v in scalars["validation_cost"]] == pytest.approx(validations)
     kinds = [h["kind"] for h in epochs(run.history)]
     assert len(scalars.get("meta_loss", [])) == kinds.count("train")
@@ -279,7 +406,7 @@ def test_bad_configs_are_usage_errors():
         with pytest.raises(errors.UsageError, match=message):
             config(**overrides).validate()
     assert config_lib.parse_names("Adam, SGD") == ("adam", "sgd")
-    assert set(config_lib.BASELINE_NAMES) == set(__import__("l2o_tf.optimizers").optimizers.RULES)
+    assert {name.lower() for name in names.BASELINES} == set(optimizers.RULES)
 
 
 def test_ctrl_c_on_the_command_line_saves_says_how_to_resume_and_exits_130(tmp_path):

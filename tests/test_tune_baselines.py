@@ -1,4 +1,4 @@
-"""tune_baselines: the choice against runs of the evaluation harness, the tuned-rate file, the entry point."""
+"""tuning and tune_baselines: the choice against runs of the evaluation harness, the tuned-rate file, the entry point."""
 import json
 import math
 
@@ -9,22 +9,22 @@ from l2o_tf import cli
 from l2o_tf import evaluate
 from l2o_tf import optimizers
 from l2o_tf import problems
-from l2o_tf import tune_baselines
+from l2o_tf import tuning
 
 from conftest import run_module
 
 
 def test_final_loss_is_the_window_mean_and_a_diverged_run_never_wins():
-    assert tune_baselines.final_loss([5.0, 4.0, 2.0, 1.0], 2) == 1.5
-    assert tune_baselines.final_loss([5.0, np.nan, 2.0, 1.0], 2) == math.inf
+    assert tuning.final_loss([5.0, 4.0, 2.0, 1.0], 2) == 1.5
+    assert tuning.final_loss([5.0, np.nan, 2.0, 1.0], 2) == math.inf
 
 
 def test_tune_picks_the_rate_with_the_lowest_mean_final_loss():
     problem = problems.get("quadratic")
     rates, seeds = [1e-4, 0.01, 10.0], [0, 1]   # 10 diverges: only the first two are re-run below
-    results = tune_baselines.tune(problem, ["SGD"], rates, seeds, num_steps=30, window=5)
+    results = tuning.tune(problem, ["SGD"], rates, seeds, num_steps=30, window=5)
     chosen, finals, runs = results["SGD"]
-    want = {rate: np.mean([tune_baselines.final_loss(evaluate.evaluate(problem, optimizers.SGD(rate), 30, 1, s), 5)
+    want = {rate: np.mean([tuning.final_loss(evaluate.evaluate(problem, optimizers.SGD(rate), 30, 1, s), 5)
                            for s in seeds]) for rate in rates[:2]}
     assert finals[10.0] == math.inf                     # SGD at 10 diverges on the quadratic
     for rate in rates[:2]:
@@ -34,29 +34,29 @@ def test_tune_picks_the_rate_with_the_lowest_mean_final_loss():
 
 
 def test_flag_parsing():
-    assert tune_baselines.parse_optimizers("sgd, Adam,SGD") == ["SGD", "Adam"]
-    assert tune_baselines.parse_numbers("learning_rates", "0.1,1,0.1", float) == [0.1, 1.0]
+    assert tuning.parse_optimizers("sgd, Adam,SGD") == ["SGD", "Adam"]
+    assert tuning.parse_numbers("learning_rates", "0.1,1,0.1", float) == [0.1, 1.0]
     with pytest.raises(cli.UsageError, match="unknown LBFGS"):
-        tune_baselines.parse_optimizers("Adam,LBFGS")
+        tuning.parse_optimizers("Adam,LBFGS")
     with pytest.raises(cli.UsageError, match="positive"):
-        tune_baselines.parse_numbers("learning_rates", "0.1,-1", float)
+        tuning.parse_numbers("learning_rates", "0.1,-1", float)
     with pytest.raises(cli.UsageError, match="comma-separated ints"):
-        tune_baselines.parse_numbers("seeds", "1,x", int)
+        tuning.parse_numbers("seeds", "1,x", int)
 
 
 def test_tuned_learning_rate_file(tmp_path):
     path = tmp_path / "tuned_mnist.json"
     path.write_text(json.dumps({"problem": "mnist", "chosen": {"SGD": 0.3, "Adam": None}}))
-    assert tune_baselines.tuned_learning_rate(str(path), "sgd", "mnist") == 0.3
-    with pytest.raises(tune_baselines.TunedRateError, match="not on 'mnist_relu'"):
-        tune_baselines.tuned_learning_rate(str(path), "sgd", "mnist_relu")
-    with pytest.raises(tune_baselines.TunedRateError, match="no tuned rate for Adam"):
-        tune_baselines.tuned_learning_rate(str(path), "Adam")
-    with pytest.raises(tune_baselines.TunedRateError, match="no such"):
-        tune_baselines.tuned_learning_rate(str(tmp_path / "none.json"), "sgd")
+    assert tuning.tuned_learning_rate(str(path), "sgd", "mnist") == 0.3
+    with pytest.raises(tuning.TunedRateError, match="not on 'mnist_relu'"):
+        tuning.tuned_learning_rate(str(path), "sgd", "mnist_relu")
+    with pytest.raises(tuning.TunedRateError, match="no tuned rate for Adam"):
+        tuning.tuned_learning_rate(str(path), "Adam")
+    with pytest.raises(tuning.TunedRateError, match="no such"):
+        tuning.tuned_learning_rate(str(tmp_path / "none.json"), "sgd")
     (tmp_path / "bad.json").write_text("[1, 2]")
-    with pytest.raises(tune_baselines.TunedRateError, match="not a tune_baselines JSON"):
-        tune_baselines.tuned_learning_rate(str(tmp_path / "bad.json"), "sgd")
+    with pytest.raises(tuning.TunedRateError, match="not a tune_baselines JSON"):
+        tuning.tuned_learning_rate(str(tmp_path / "bad.json"), "sgd")
 
 
 def test_entry_point_writes_the_rates_and_records(tmp_path, new_user_env):
