@@ -72,9 +72,9 @@ def guard_options():
     if FLAGS.guard is None:
         return None
     guard = FLAGS.guard.lower()
-    checks = {"guard": (guard, ("lgl2o", "gl2o")), "guard_batch": (FLAGS.guard_batch, ("fresh", "own")),
-              "guard_mu_update": (FLAGS.guard_mu_update, ("ema", "geometric", "recent", "max")),
-              "guard_learned_state": (FLAGS.guard_learned_state, ("advance", "keep", "reset"))}
+    checks = {"guard": (guard, names.GUARDS), "guard_batch": (FLAGS.guard_batch, names.GUARD_BATCHES),
+              "guard_mu_update": (FLAGS.guard_mu_update, names.GUARD_MU_UPDATES),
+              "guard_learned_state": (FLAGS.guard_learned_state, names.GUARD_LEARNED_STATES)}
     for flag, (value, allowed) in checks.items():
         if value not in allowed:
             raise UsageError(f"unknown --{flag}={value!r}: expected one of {', '.join(allowed)}")

@@ -25,14 +25,13 @@ import collections
 import tensorflow as tf
 
 from l2o_tf import errors
+from l2o_tf import names
 from l2o_tf import optimizers
 from l2o_tf import rules
 from l2o_tf import seeding
 
-GUARDS = ("lgl2o", "gl2o")
-BATCHES = ("fresh", "own")
-MU_UPDATES = ("ema", "geometric", "recent", "max")
-LEARNED_STATES = ("advance", "keep", "reset")
+GUARDS, BATCHES = names.GUARDS, names.GUARD_BATCHES
+MU_UPDATES, LEARNED_STATES = names.GUARD_MU_UPDATES, names.GUARD_LEARNED_STATES
 DELTA = 0.01        # Safe-L2O's acceptance margin: accept when residual < (1 - DELTA) * mu
 EMA_WEIGHT = 0.1    # weight of the newest residual in the exponential moving average of mu
 RECENT_MAX = 10     # residuals remembered by the "max" update

@@ -14,6 +14,13 @@ from l2o_tf import errors
 # accepted (`baseline_name`), and `l2o_tf.optimizers.RULES` is keyed by the lower-case names.
 BASELINES = ("Adam", "RMSProp", "SGD", "NAG", "Adagrad")
 
+# The guards' choices (`l2o_tf.guards`; the --guard* flags): which guard, the comparison batch, GL2O's mu update, and
+# the learned optimizer's state after a guard step.
+GUARDS = ("lgl2o", "gl2o")
+GUARD_BATCHES = ("fresh", "own")
+GUARD_MU_UPDATES = ("ema", "geometric", "recent", "max")
+GUARD_LEARNED_STATES = ("advance", "keep", "reset")
+
 # The dataset behind each optimizee problem of the paper (None: the problem needs no data); `l2o_tf.problems` builds
 # them, and these names are all it builds.
 PROBLEM_DATASETS = {"quadratic": None, "mnist": "mnist", "mnist_relu": "mnist", "mnist_deeper": "mnist",

@@ -42,6 +42,7 @@ from l2o_tf import names
 from l2o_tf import networks
 from l2o_tf import optimizers
 from l2o_tf import original_pickle
+from l2o_tf import problems
 from l2o_tf import seeding
 from l2o_tf import self_improving
 
@@ -97,7 +98,7 @@ class MetaTraining:
             self._restore(saved)
         else:
             self.history.append({"epoch": 0, "kind": "start", "problem": problem.name, "seed": self.seed,
-                                 "data_source": data_source(problem), "config": config.as_dict()})
+                                 "data_source": problems.data_source(problem), "config": config.as_dict()})
         self._summaries = None if self.done() else self._summary_writer()
 
     def _build_trainers(self):
@@ -276,7 +277,7 @@ class MetaTraining:
         """`<key>.l2l-<index>` and, when it is the best so far, `<key>.l2l-0`, each with a sidecar saying how it was
         trained."""
         if self.config.save_path and self.chief:
-            metadata = {"trained_on": self.problem.name, "data_source": data_source(self.problem),
+            metadata = {"trained_on": self.problem.name, "data_source": problems.data_source(self.problem),
                         "epoch": self.epoch, "seed": self.seed}
             for i in {index, 0} if best else {index}:
                 networks.save(self.cell, self.config.save_path, i, metadata=metadata)
@@ -302,7 +303,7 @@ class MetaTraining:
                 "curriculum": self.curriculum.state_dict(), "history": self.history,
                 "imitation_task": self.imitation_task, "skipped_updates": self.skipped_updates,
                 "finished": self.finished, "seed": self.seed, "config": self.config.as_dict(),
-                "data_source": data_source(self.problem), "num_optimizees": self.num_optimizees}
+                "data_source": problems.data_source(self.problem), "num_optimizees": self.num_optimizees}
 
     def _check_same_run(self, saved):
         """Refuse the checkpoint whose progress record is `saved` if it holds another run, naming every difference."""
@@ -319,7 +320,7 @@ class MetaTraining:
     def _differences(self, saved):
         """([each way this run differs from the checkpoint's, as a message part], {setting the checkpoint predates:
         its default})."""
-        config, data = self.config, data_source(self.problem)
+        config, data = self.config, problems.data_source(self.problem)
         settings, missing = config_lib.resume_differences(config, saved["config"])
         if config.seed is not None and config.seed != saved["seed"]:
             settings["seed"] = (saved["seed"], config.seed)
@@ -426,11 +427,6 @@ class _InterruptHandler:
         self.requested = True
         logging.warning("%s: finishing the current epoch (and its validation, if due), then saving; press Ctrl-C "
                         "again to stop at once, keeping the last checkpoint", signal.Signals(signum).name)
-
-
-def data_source(problem):
-    """Where the problem's data came from (None: it has none, as the quadratic)."""
-    return getattr(problem, "data_source", None)
 
 
 # A history written before the validation sums got their names: "cost" and "baseline" (the sums) -> today's names.
