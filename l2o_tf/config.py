@@ -44,6 +44,7 @@ class TrainConfig:
     mt_ratio: float = 0.3
     mt_ratios: tuple = NET_DEFAULTS["dm"]["mt_ratios"]
     k: int = 1
+    imitation_initial_state: str = "zeros"  # or "main", the original's (names.IMITATION_INITIAL_STATES)
     self_improving: bool = False
     auxiliary_optimizers: tuple = ("adam", "sgd", "adagrad")
     auxiliary_decay_epochs: int = 100
@@ -109,6 +110,9 @@ class TrainConfig:
             if unknown or not chosen:
                 raise errors.UsageError(f"{flag}: unknown optimizer {unknown[0] if unknown else '(none)'!r}; "
                                         f"expected some of {', '.join(known)}")
+        if self.imitation_initial_state not in names.IMITATION_INITIAL_STATES:
+            raise errors.UsageError(f"unknown --imitation_initial_state={self.imitation_initial_state!r}: expected "
+                                    f"one of {', '.join(names.IMITATION_INITIAL_STATES)}")
         if self.if_mt and self.num_mt > len(self.optimizers):
             raise errors.UsageError(f"--num_mt={self.num_mt} needs that many --optimizers, got "
                                     f"{','.join(self.optimizers)}")

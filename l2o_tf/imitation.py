@@ -5,6 +5,7 @@ the learned optimizer, fed the teacher's gradients (off-policy), is trained with
 teacher's steps: per unroll, sum over steps of 0.5 * ||delta_t - teacher_step_t||^2 / num_params.
 """
 import tensorflow as tf
+from absl import logging
 
 from l2o_tf import meta
 from l2o_tf import rules
@@ -92,7 +93,7 @@ class ImitationTrainer:
         Returns (the last unroll's loss, the number of updates applied); the final state is kept in `self.state`.
 
         Unrolls of `unroll_length` steps (a remainder is dropped), or of the given `unroll_lengths`. The state starts
-        at zero unless given (the evident intent; see docs/FIDELITY.md for the original's quirk)."""
+        at `zero_state` unless given (the evident intent; `MainTaskState` gives the original's quirk)."""
         num_steps, num_params = (int(n) for n in gradients.shape)
         if unroll_lengths is None:
             if num_steps < self.unroll_length:
@@ -102,7 +103,7 @@ class ImitationTrainer:
         elif sum(unroll_lengths) > num_steps:
             raise ValueError(f"unrolls of {sum(unroll_lengths)} steps in all exceed the trajectory's {num_steps}")
         if state is None:
-            state = self.cell.initial_state(self._split(tf.zeros([num_params])))
+            state = self.zero_state(num_params)
         loss, applied, start = float("nan"), 0, 0
         for length in unroll_lengths:
             window = slice(start, start + int(length))
@@ -123,6 +124,10 @@ class ImitationTrainer:
             loss += 0.5 * tf.reduce_sum(tf.square(steps[t] - rules.flatten(deltas))) / num_params
         return (loss / num_steps if self.average_over_unroll else loss), state
 
+    def zero_state(self, num_params):
+        """The learner's zero state over `num_params` coordinates, in the layout an imitation epoch runs in."""
+        return self.cell.initial_state(self._split(tf.zeros([num_params])))
+
     def _split(self, flat):
         return [flat] if self.param_shapes is None else rules.unflatten(flat, self.param_shapes)
 
@@ -131,3 +136,53 @@ class ImitationTrainer:
             loss, state = self.imitation_loss(gradients, steps, state)
         applied = self.apply(self.optimizer, tape.gradient(loss, self.variables), self.variables, loss)
         return state, loss, applied
+
+
+class MainTaskState:
+    """The learner's state at the end of the latest main-task trajectory (a training epoch or a validation run), where
+    the original's imitation epochs start (SPEC_DM §6.5: a TF1 initializer rewrite copied it; zeros before any).
+
+    Only the LSTM part is kept: the rest (RNNprop's Adam moments and step counter) starts at zero, as the original's
+    explicit reset did. A coordinate-wise cell's state is already one tensor per component over all coordinates in
+    problem order, the imitation learner's layout (`ImitationTrainer.zero_state`), so it is copied as it is. It is
+    held in variables, so a resume checkpoint carries it."""
+
+    def __init__(self, cell, num_params):
+        lstm_sizes = cell.state_size[:len(cell.state_size) - len(cell.extra_state_sizes)]
+        self.variables = [tf.Variable(tf.zeros([size, num_params]), trainable=False) for size in lstm_sizes]
+
+    def remember(self, state):
+        """Keep the LSTM part of `state`, the cell's state at the end of a main-task trajectory."""
+        for variable, part in zip(self.variables, state):
+            variable.assign(part)
+
+    def start(self, zero_state):
+        """An imitation epoch's initial state: the remembered LSTM part over `zero_state` (the learner's zero state).
+
+        A remembered state that is not finite (its optimizee diverged) is dropped for zeros, with a warning."""
+        if not all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in self.variables):
+            logging.warning("the learner's state at the end of the last main-task trajectory is not finite (its "
+                            "optimizee diverged): this imitation epoch starts from zeros")
+            for variable in self.variables:
+                variable.assign(tf.zeros_like(variable))
+        return tuple(tf.identity(v) for v in self.variables) + tuple(zero_state[len(self.variables):])
+
+    def recording(self, cell):
+        """`cell` as an update rule that remembers its state after every step: for runs compiled as a whole (the
+        validation), whose final state is the last one remembered."""
+        return _Remembering(cell, self)
+
+
+class _Remembering(rules.UpdateRule):
+    """An update rule that is `cell` and hands its state to `remembered` after every step."""
+
+    def __init__(self, cell, remembered):
+        self.cell, self.remembered = cell, remembered
+
+    def initial_state(self, params):
+        return self.cell.initial_state(params)
+
+    def step(self, gradients, state, loss=None):
+        deltas, state = self.cell.step(gradients, state, loss)
+        self.remembered.remember(state)
+        return deltas, state

@@ -21,6 +21,10 @@ GUARD_BATCHES = ("fresh", "own")
 GUARD_MU_UPDATES = ("ema", "geometric", "recent", "max")
 GUARD_LEARNED_STATES = ("advance", "keep", "reset")
 
+# Where an imitation epoch's learner state starts (--imitation_initial_state; `l2o_tf.imitation.MainTaskState`):
+# zeros, or the original's copy of the state at the end of the latest main-task trajectory.
+IMITATION_INITIAL_STATES = ("zeros", "main")
+
 # The dataset behind each optimizee problem of the paper (None: the problem needs no data); `l2o_tf.problems` builds
 # them, and these names are all it builds.
 PROBLEM_DATASETS = {"quadratic": None, "mnist": "mnist", "mnist_relu": "mnist", "mnist_deeper": "mnist",

@@ -40,6 +40,9 @@ EXPERIMENTS = {
 SECONDS_PER_UNROLL = {"l2o_tf.train_dm": 0.31, "l2o_tf.train_rnnprop": 0.33, "l2o_scale.metarun": 0.9}
 SECONDS_PER_EVAL_STEP = {"mlp": 0.004, "conv": 0.03}
 START_SECONDS = {"training": 20, "evaluation": 4}  # a training process's start-up, an evaluation's tracing
+# With --jobs=2 on the 2 cores each one-thread training takes this much longer than it does alone with both (bench/
+# README.md, "Trainings in parallel"); the trainings' time is divided by --jobs and multiplied by this.
+PARALLEL_SLOWDOWN = 1.4
 FINAL_WINDOW = 100  # the final number of a run: ln of the mean loss over its last 100 steps
 
 
@@ -94,19 +97,85 @@ def record_optimizer(what):
     return "L2L" if what[0] in ("learned", "guard") else what[1]
 
 
-def run_child(command):
-    """Run a training command to its end and return its exit status. Ctrl-C reaches the child from the terminal (it
-    saves and exits 130) and must not kill it from here; SIGTERM is passed on to it, which saves too."""
-    child = subprocess.Popen(command)
-    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    signal.signal(signal.SIGINT, lambda signum, frame: None)
-    signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signal.SIGTERM))
-    try:
-        return child.wait()
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+class TrainingPool:
+    """Runs training subprocesses, at most `jobs` at a time.
 
+    One job at a time shows each child's output and leaves TensorFlow its default threads. With several, each child
+    writes to its log file and gets an equal share of the CPU cores (pinned where the OS allows, with that many
+    TensorFlow threads): small models like these train faster as several one-thread processes than as one process
+    using every core (bench/README.md, "Trainings in parallel"). Ctrl-C reaches the children from the terminal (each
+    saves and exits 130) and must not kill them from here; SIGTERM is passed on to them, which save too."""
+
+    def __init__(self, jobs, cores=None):
+        self.jobs = max(1, int(jobs))
+        cores = sorted(os.sched_getaffinity(0)) if cores is None and hasattr(os, "sched_getaffinity") else cores
+        self.cores = list(cores or range(os.cpu_count() or 1))
+        self.threads = max(1, len(self.cores) // self.jobs)
+
+    def slot_cores(self, slot):
+        """The cores of a slot (the cores shared out in order; with more jobs than cores, slots share them)."""
+        start = (slot * self.threads) % len(self.cores)
+        return self.cores[start:start + self.threads]
+
+    def start(self, command, log, slot):
+        if self.jobs == 1:
+            return subprocess.Popen(command)
+        cores = self.slot_cores(slot)
+        environment = {**os.environ, "TF_NUM_INTRAOP_THREADS": str(self.threads),
+                       "TF_NUM_INTEROP_THREADS": str(self.threads)}
+        pin = (lambda: os.sched_setaffinity(0, cores)) if hasattr(os, "sched_setaffinity") else None
+        os.makedirs(os.path.dirname(log), exist_ok=True)
+        with open(log, "ab") as output:
+            return subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=environment,
+                                    preexec_fn=pin)
+
+    def run(self, jobs, started=None, ended=None):
+        """Run `jobs`, [(name, command, log file)], in order; `started(name, slot)` and `ended(name, status,
+        seconds)` are called as they go. After a failure (an exit status other than 0) no new job starts and the
+        running ones are asked to save and stop (SIGINT); returns the exit statuses, None for jobs never started."""
+        statuses = [None] * len(jobs)
+        running = {}  # slot -> (job index, process, start time)
+        waiting = list(range(len(jobs)))
+        previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+        signal.signal(signal.SIGINT, lambda signum, frame: None)
+        signal.signal(signal.SIGTERM, lambda signum, frame: [process.send_signal(signal.SIGTERM)
+                                                             for _, process, _ in running.values()])
+        try:
+            while waiting or running:
+                while waiting and len(running) < self.jobs and all(s in (None, 0) for s in statuses):
+                    index = waiting.pop(0)
+                    slot = min(set(range(self.jobs)) - set(running))
+                    name, command, log = jobs[index]
+                    running[slot] = (index, self.start(command, log, slot), time.time())
+                    if started:
+                        started(name, slot)
+                if not running:
+                    break
+                slot, (index, process, start) = self._wait_any(running)
+                del running[slot]
+                statuses[index] = process.returncode
+                if ended:
+                    ended(jobs[index][0], process.returncode, time.time() - start)
+                if process.returncode != 0:
+                    for _, other, _ in running.values():
+                        other.send_signal(signal.SIGINT)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        return statuses
+
+    @staticmethod
+    def _wait_any(running):
+        """The first of the running processes to end: (slot, (job index, process, start time))."""
+        if len(running) == 1:
+            (slot, entry), = running.items()
+            entry[1].wait()
+            return slot, entry
+        while True:
+            for slot, entry in running.items():
+                if entry[1].poll() is not None:
+                    return slot, entry
+            time.sleep(0.5)
 
 
 class Plan:
@@ -118,7 +187,7 @@ class Plan:
                 "eval_seeds": ["2"], "adam_learning_rate": 0.01, "tune": True, "guard_problems": [],
                 "experiment_seeds": [], "snapshot_epochs": [], "snapshot_problems": [],
                 "data_dir": None, "download": False, "allow_embedded_sample": False, "dry_run": False,
-                "report": False}
+                "report": False, "jobs": 1}
 
     def __init__(self, **settings):
         unknown = set(settings) - set(self.DEFAULTS)
@@ -211,6 +280,7 @@ class Plan:
         if unknown:
             raise ReproduceError(f"--snapshot_problems: {', '.join(unknown)} not in --problems")
         names.positive("eval_steps", self.eval_steps)
+        names.positive("jobs", self.jobs)
         self.check_data()
 
     def check_data(self):
@@ -271,6 +341,8 @@ class Plan:
         """(training, evaluation) seconds the plan should take on a 2-core CPU like ours, done parts included."""
         training = sum((START_SECONDS["training"] + self.planned_unrolls(e)[0] * SECONDS_PER_UNROLL[EXPERIMENTS[e][0]])
                        * len(self.seeds_of(e)) for e in self.experiments)
+        if self.jobs > 1:
+            training *= PARALLEL_SLOWDOWN / self.jobs
         evaluation = sum(START_SECONDS["evaluation"] + self.steps_on(problem) * SECONDS_PER_EVAL_STEP[
             "conv" if problem in names.CONVOLUTIONAL_PROBLEMS else "mlp"] for problem, *_ in self.evaluations())
         return training, evaluation
@@ -287,7 +359,7 @@ class Plan:
         self.announce_expected_time()
         for experiment in self.experiments:
             for seed in self.seeds_of(experiment):
-                done = os.path.exists(os.path.join(self.training_dir(experiment, seed), "DONE.json"))
+                done = os.path.exists(self.done_marker(experiment, seed))
                 print(("[done] " if done else "") + " ".join(self.training_command(experiment, seed)))
         if self.tune:
             for problem in self.problems:
@@ -305,26 +377,51 @@ class Plan:
 
     # -- running it ----------------------------------------------------------------------------------------------------
 
+    def done_marker(self, experiment, seed):
+        return os.path.join(self.training_dir(experiment, seed), "DONE.json")
+
+    def training_log(self, experiment, seed):
+        """Where a training's output goes when several run at once (--jobs)."""
+        return os.path.join(self.training_dir(experiment, seed), "train.log")
+
     def train_all(self):
-        for experiment in self.experiments:
-            for seed in self.seeds_of(experiment):
-                directory = self.training_dir(experiment, seed)
-                marker = os.path.join(directory, "DONE.json")
-                if os.path.exists(marker):
-                    continue
-                command = self.training_command(experiment, seed)
-                print(f"== train {experiment} (seed {seed}): {' '.join(command)}", flush=True)
-                start = time.time()
-                code = run_child(command)
-                if code == 130:
-                    raise errors.Interrupted(f"training {experiment} was interrupted; run the same command again to "
-                                             "resume")
-                if code != 0:
-                    raise ReproduceError(f"training {experiment} (seed {seed}) failed with exit status {code}; its "
-                                         f"output is above, its directory {directory}")
-                from l2o_tf import fileio
-                fileio.atomic_write_bytes(marker, json.dumps(
-                    {"command": command, "wall_seconds": time.time() - start}).encode())
+        """Every training not finished yet, `--jobs` at a time, in plan order; each finished one gets DONE.json."""
+        from l2o_tf import fileio
+        pending = [(e, s) for e in self.experiments for s in self.seeds_of(e) if not os.path.exists(
+            self.done_marker(e, s))]
+        jobs = [((e, s), self.training_command(e, s), self.training_log(e, s)) for e, s in pending]
+        pool = TrainingPool(self.jobs)
+
+        def started(job, slot):
+            experiment, seed = job
+            command = " ".join(self.training_command(experiment, seed))
+            if pool.jobs == 1:
+                print(f"== train {experiment} (seed {seed}): {command}", flush=True)
+            else:
+                print(f"== {time.strftime('%H:%M')} train {experiment} (seed {seed}) on core(s) "
+                      f"{','.join(map(str, pool.slot_cores(slot)))}: {command}\n   its output: "
+                      f"{self.training_log(experiment, seed)}", flush=True)
+
+        def ended(job, status, seconds):
+            experiment, seed = job
+            if pool.jobs > 1:
+                print(f"== {time.strftime('%H:%M')} train {experiment} (seed {seed}) ended, exit status {status}, "
+                      f"after {names.format_duration(seconds)}", flush=True)
+            if status == 0:
+                fileio.atomic_write_bytes(self.done_marker(experiment, seed), json.dumps(
+                    {"command": self.training_command(experiment, seed), "wall_seconds": seconds}).encode())
+
+        statuses = pool.run(jobs, started, ended)
+        failed = [(job, status) for (job, _, _), status in zip(jobs, statuses) if status not in (None, 0, 130)]
+        if failed:
+            (experiment, seed), status = failed[0]
+            where = ("its output is above" if pool.jobs == 1 else f"its output is in {self.training_log(experiment, seed)}")
+            raise ReproduceError(f"training {experiment} (seed {seed}) failed with exit status {status}; {where}, "
+                                 f"its directory {self.training_dir(experiment, seed)}")
+        stopped = [f"{e} (seed {s})" for ((e, s), _, _), status in zip(jobs, statuses) if status in (None, 130)]
+        if stopped:
+            raise errors.Interrupted(f"training {', '.join(stopped)} was interrupted; run the same command again to "
+                                     "resume")
 
     def tune_all(self, problems):
         settings = self.merged_flags("tuned_baselines")

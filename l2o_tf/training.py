@@ -10,7 +10,8 @@ Every component that draws random numbers (training trajectories, validation, te
 mixture, the choice of imitation epochs) has a generator of its own derived from the seed and its name, so adding a
 component never shifts another's stream.
 
-Resume state (weights, the meta-optimizers, every generator, counters, curriculum and history) is one
+Resume state (weights, the meta-optimizers, every generator, counters, curriculum and history; with
+`--imitation_initial_state=main` the learner state imitation epochs start from) is one
 `tf.train.Checkpoint` under `<save_path>/checkpoints/`, saved at every validation, every `checkpoint_secs` and on
 Ctrl-C / SIGTERM; the history travels inside it, so the two can never disagree (`history.json` beside it is a
 copy for reading). Building `MetaTraining` on a save path that has a checkpoint resumes it, if it is the same run:
@@ -114,7 +115,16 @@ class MetaTraining:
             self.trainer = distribute.ParallelTrainer(self.strategy, self.trainer, self.optimizee_rngs["train"],
                                                       distribute.with_rngs(self.trainer.rule,
                                                                            self.optimizee_rngs["mixture"]))
-        self.validator = meta.Runner(problem, self.cell, self.rngs["validation"])
+        self.main_state = None  # --imitation_initial_state=main: the learner's state imitation epochs start from
+        if config.if_mt and config.imitation_initial_state == "main":
+            if distribute.is_parallel(self.strategy, self.num_optimizees):
+                raise errors.UsageError("--imitation_initial_state=main needs one optimizee per meta-step on the "
+                                        "default --strategy, the original's setting with one final state to copy; "
+                                        "with --strategy or --num_optimizees use --imitation_initial_state=zeros")
+            self.main_state = imitation.MainTaskState(self.cell, problem.num_params)
+        # the validation runs are main-task trajectories too: with `main_state`, the last one's final state is kept
+        validated = self.cell if self.main_state is None else self.main_state.recording(self.cell)
+        self.validator = meta.Runner(problem, validated, self.rngs["validation"])
         self.teachers, self.imitators = [], []
         if config.if_mt:
             for name in config.optimizers[:config.num_mt]:
@@ -126,7 +136,8 @@ class MetaTraining:
     def _checkpointed(self):
         """What the resume checkpoint holds besides the generators and the progress record."""
         return {"weights": {v.name: v for v in self.cell.weights}, "meta_optimizer": self.trainer.optimizer,
-                "imitation_optimizers": [i.optimizer for i in self.imitators]}
+                "imitation_optimizers": [i.optimizer for i in self.imitators],
+                **({"imitation_initial_state": self.main_state.variables} if self.main_state is not None else {})}
 
     # -- one epoch ------------------------------------------------------------------------------------------------
     def num_unrolls(self, steps):
@@ -149,7 +160,10 @@ class MetaTraining:
             task = self.imitation_task
             self.imitation_task = (task + 1) % len(self.teachers)
             gradients, steps = self.teachers[task].trajectory(unrolls * config.unroll_length, config.scale_bound)
-            loss, applied = self.imitators[task].train_epoch(gradients, steps)
+            imitator = self.imitators[task]
+            start = None if self.main_state is None else self.main_state.start(imitator.zero_state(
+                self.problem.num_params))
+            loss, applied = imitator.train_epoch(gradients, steps, state=start)
             record = {"kind": f"imitation[{self.teachers[task].rule.name}]", "imitation_loss": loss,
                       "applied": applied}
         else:
@@ -166,6 +180,8 @@ class MetaTraining:
                 if not ok:
                     break  # the optimizee diverged: a fresh one next epoch
                 meta_losses.append(meta_loss)
+            if self.main_state is not None:  # with the self-improving mixture, its learned optimizer's part
+                self.main_state.remember(trajectory.state[0] if self.mixture is not None else trajectory.state)
             self.training_epochs += 1
             record.update(loss=loss, meta_loss=float(np.mean(meta_losses)) if meta_losses else float("nan"),
                           applied=len(meta_losses))

@@ -135,6 +135,8 @@ def weights_files(tmp_path):
     ("evaluate_dm", ["--path={list}"], "not a learned optimizer's weights file (expected a pickled dict"),
     ("train_dm", ["--num_steps=0"], "--num_steps"),
     ("train_rnnprop", ["--problem=Mnist"], "unknown --problem='Mnist'"),
+    ("train_rnnprop", ["--imitation_initial_state=last"], "unknown --imitation_initial_state='last': expected one of "
+                                                          "zeros, main"),
     ("train_dm", ["--num_epoch=3"], "error: Unknown command line flag 'num_epoch'. Did you mean: num_epochs ?"),
     ("evaluate_rnnprop", ["--seed=1.5"], "error: flag --seed=1.5: invalid literal for int()"),
     ("reproduce", ["--presets=short"], "Unknown command line flag 'presets'. Did you mean: preset ?"),
@@ -250,13 +252,16 @@ def test_resume_refuses_a_different_run(tmp_path, env):
 @pytest.mark.parametrize("module, key", [("train_dm", "cw"), ("train_rnnprop", "rp")])
 def test_curriculum_with_imitation_advances_to_the_longer_stage(tmp_path, env, module, key):
     """A meta learning rate of 1e-9 keeps the optimizer as it is, so validations differ only by their random
-    trajectories and the first that is not a new best (within 8 with probability 1 - 1/8!) advances the stage."""
+    trajectories and the first that is not a new best (within 8 with probability 1 - 1/8!) advances the stage.
+    Imitation epochs start from the original's carried state (--imitation_initial_state=main)."""
     save = tmp_path / module
     code, log = run(module, env, f"--save_path={save}", "--problem=quadratic", "--if_cl", "--if_mt",
                     "--num_steps_schedule=20 60", "--mt_ratios=0.5", "--min_num_eval=1", "--evaluation_period=1",
-                    "--evaluation_epochs=1", "--num_epochs=8", "--learning_rate=1e-9", "--seed=2")
+                    "--evaluation_epochs=1", "--num_epochs=8", "--learning_rate=1e-9", "--seed=2",
+                    "--imitation_initial_state=main")
     assert code == 0, log
     records = history(str(save))
+    assert records[0]["config"]["imitation_initial_state"] == "main"
     epochs = [h for h in records if h["kind"] == "train" or h["kind"].startswith("imitation")]
     validations = [h for h in records if h["kind"] == "validation"]
     assert {h["kind"] for h in epochs} == {"train", "imitation[adam]"}

@@ -1,4 +1,6 @@
 """Imitation learning (SPEC_DM §6) and the self-improving mixture (paper §4.2) against numpy and hand computations."""
+import logging
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -185,3 +187,29 @@ def test_train_epoch_carries_the_state_and_returns_the_last_unroll(quadratic):
     fresh, _ = trainer.imitation_loss(gradients[10:20], steps[10:20], zero)
     np.testing.assert_allclose(returned, float(carried), rtol=1e-5)
     assert abs(float(carried) - float(fresh)) > 1e-3 * float(carried)
+
+
+# -- the imitation epoch's initial state (--imitation_initial_state=main) -----------------------------------------
+
+def test_main_task_state_gives_its_lstm_part_over_zero_moments_and_drops_a_non_finite_one(caplog):
+    """RNNprop: the remembered h, c exactly, m, v and the step counter zero; zeros before any main trajectory and,
+    with one warning, for a diverged one."""
+    cell = networks.RNNprop(seed=0)
+    zero = imitation.ImitationTrainer(cell).zero_state(3)
+    remembered = imitation.MainTaskState(cell, 3)
+    assert len(remembered.variables) == 4  # h, c of each LSTM
+    assert all(np.all(part.numpy() == 0) for part in remembered.start(zero))
+    _, state = cell.step(tf.constant([1.0, -2.0, 3.0]), cell.initial_state(3))
+    remembered.remember(state)
+    started = remembered.start(zero)
+    assert len(started) == len(zero) == 7
+    for part, main_part in zip(started[:4], state[:4]):
+        np.testing.assert_array_equal(part.numpy(), main_part.numpy())
+        assert np.any(part.numpy() != 0)
+    assert np.any(state[4].numpy() != 0) and np.all(state[6].numpy() == 1)
+    assert all(np.all(part.numpy() == 0) for part in started[4:])
+    caplog.set_level(logging.WARNING)
+    remembered.remember((state[0] * float("nan"),) + tuple(state[1:]))
+    assert all(np.all(part.numpy() == 0) for part in remembered.start(zero))
+    assert all(np.all(part.numpy() == 0) for part in remembered.start(zero))
+    assert caplog.text.count("is not finite (its optimizee diverged): this imitation epoch starts from zeros") == 1

@@ -180,7 +180,7 @@ def test_ctrl_c_during_training_saves_and_says_how_to_resume(tmp_path, new_user_
     os.killpg(driver.pid, signal.SIGINT)
     out = "".join(lines) + driver.stdout.read()
     assert driver.wait(timeout=120) == 130, out
-    assert "training dm was interrupted; run the same command again to resume" in out
+    assert "training dm (seed 1) was interrupted; run the same command again to resume" in out
     assert "checkpoint saved in" in out and "Traceback" not in out
     assert os.listdir(runs / "train" / "dm" / "seed1" / "checkpoints")
     assert not os.path.exists(runs / "train" / "dm" / "seed1" / "DONE.json")
@@ -229,3 +229,80 @@ def test_per_experiment_seeds_and_snapshot_evaluations(tmp_path):
         ("mnist", "dm-t1-e5"): f"{run}/dm/seed1/cw.l2l-5", ("mnist", "dm-t1-e10"): f"{run}/dm/seed1/cw.l2l-10"}
     commands = [" ".join(plan.training_command(e, s)) for e in plan.experiments for s in plan.seeds_of(e)]
     assert len(commands) == 4 and commands[-1].endswith(f"--save_path={run}/rnnprop/seed3 --seed=3")
+
+
+CHILD = """
+import json, os, signal, sys, time
+name, seconds, status = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+def saved(signum, frame):
+    print(json.dumps({"name": name, "interrupted": True}), flush=True)
+    sys.exit(130)
+signal.signal(signal.SIGINT, saved)
+start = time.time()
+time.sleep(seconds)
+cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+print(json.dumps({"name": name, "start": start, "end": time.time(), "cores": cores,
+                  "threads": os.environ.get("TF_NUM_INTRAOP_THREADS")}), flush=True)
+sys.exit(status)
+"""
+
+
+def child(tmp_path, name, seconds=0.0, status=0):
+    return (name, [sys.executable, "-c", CHILD, name, str(seconds), str(status)], str(tmp_path / name / "train.log"))
+
+
+def log_of(tmp_path, name):
+    return json.loads((tmp_path / name / "train.log").read_text().splitlines()[-1])
+
+
+def test_training_pool_runs_jobs_at_once_each_on_its_share_of_the_cores(tmp_path):
+    from l2o_tf import reproduce
+    pool = reproduce.TrainingPool(2)
+    events = []
+    statuses = pool.run([child(tmp_path, n, 1.0) for n in "abc"], lambda name, slot: events.append(("start", name, slot)),
+                        lambda name, status, seconds: events.append(("end", name, status)))
+    assert statuses == [0, 0, 0]
+    assert [e[:2] for e in events[:2]] == [("start", "a"), ("start", "b")]  # two at once, in order
+    assert {e[2] for e in events[:2]} == {0, 1}
+    assert events[2][0] == "end" and events[3][:2] == ("start", "c")  # the third waits for a free slot
+    runs = {n: log_of(tmp_path, n) for n in "abc"}
+    assert runs["a"]["start"] < runs["b"]["end"] and runs["b"]["start"] < runs["a"]["end"]  # they overlapped
+    assert runs["c"]["start"] >= min(runs["a"]["end"], runs["b"]["end"])
+    share = max(1, len(pool.cores) // 2)
+    assert all(r["threads"] == str(share) for r in runs.values())
+    if runs["a"]["cores"] is not None:
+        assert runs["a"]["cores"] == pool.slot_cores(events[0][2]) and len(runs["a"]["cores"]) == share
+        if len(pool.cores) >= 2:
+            assert not set(runs["a"]["cores"]) & set(runs["b"]["cores"])  # separate cores
+
+
+def test_training_pool_slots_share_out_the_cores():
+    from l2o_tf import reproduce
+    assert [reproduce.TrainingPool(2, cores=[4, 5, 6, 7]).slot_cores(s) for s in (0, 1)] == [[4, 5], [6, 7]]
+    assert [reproduce.TrainingPool(3, cores=[0, 1]).slot_cores(s) for s in (0, 1, 2)] == [[0], [1], [0]]
+    assert reproduce.TrainingPool(1, cores=[0, 1]).threads == 2
+
+
+def test_a_failed_training_stops_the_pool(tmp_path):
+    """After a failure no new training starts and the running ones are asked to save (SIGINT)."""
+    from l2o_tf import reproduce
+    statuses = reproduce.TrainingPool(2).run([child(tmp_path, "fails", 3, 3), child(tmp_path, "long", 60),
+                                              child(tmp_path, "never")])
+    assert statuses == [3, 130, None]
+    assert log_of(tmp_path, "long") == {"name": "long", "interrupted": True}
+    assert not (tmp_path / "never").exists()
+
+
+def test_train_all_with_jobs_marks_the_finished_and_names_the_failed(tmp_path, monkeypatch):
+    from l2o_tf import reproduce
+    plan = reproduce.Plan(preset="smoke", runs_dir=str(tmp_path), experiments=["dm", "rnnprop"], jobs=2,
+                          configs_dir=CONFIGS)
+    outcome = {"dm": 0, "rnnprop": 4}
+    monkeypatch.setattr(plan, "training_command", lambda e, s: child(tmp_path, e, 0.2, outcome[e])[1])
+    with pytest.raises(reproduce.ReproduceError, match=r"training rnnprop \(seed 1\) failed with exit status 4; "
+                       "its output is in .*rnnprop/seed1/train.log"):
+        plan.train_all()
+    done = json.loads((tmp_path / "train" / "dm" / "seed1" / "DONE.json").read_text())
+    assert done["wall_seconds"] > 0.2
+    assert not (tmp_path / "train" / "rnnprop" / "seed1" / "DONE.json").exists()
+    assert log_of(tmp_path / "train" / "rnnprop", "seed1")["name"] == "rnnprop"

@@ -373,6 +373,129 @@ def test_the_self_improving_decay_counts_training_epochs_only(quadratic):
         max(0.0, 1 - i / 4) / 4 for i in range(len(trained))]
 
 
+# -- --imitation_initial_state ---------------------------------------------------------------------------------
+
+def record_imitation_starts(run):
+    """Wrap every imitator's compiled unroll to keep the state each of its unrolls starts from."""
+    states = []
+    for imitator in run.imitators:
+        def unroll(gradients, steps, state, compiled=imitator._unroll):
+            states.append([s.numpy() for s in state])
+            return compiled(gradients, steps, state)
+
+        imitator._unroll = unroll
+    return states
+
+
+def main_state_after_validations(run):
+    """The remembered state right after each validation, and the final state of its last run replayed by a plain
+    `Runner` (the quadratic's loss draws nothing, so its trajectories are the validation's own)."""
+    snapshots, original = [], run.evaluate
+
+    def evaluate():
+        replay = meta.Runner(run.problem, run.cell, seeding.generator(run.seed, "validation"))
+        original()
+        for _ in range(run.config.evaluation_epochs):  # the first validation: a fresh generator replays it
+            trajectory, _ = replay.run(replay.new_trajectory(), run.curriculum.valid_steps)
+        snapshots.append(([v.numpy() for v in run.main_state.variables], [s.numpy() for s in trajectory.state]))
+
+    run.evaluate = evaluate
+    return snapshots
+
+
+IMITATING_AT_1_3_5 = dict(num_epochs=5, evaluation_period=4, evaluation_epochs=2, if_mt=True, mt_ratio=0.5,
+                          seed=15)  # seed 15 draws imitation, train, imitation, train, (validation), imitation
+
+
+def test_main_starts_imitation_from_the_last_main_trajectorys_final_state(quadratic):
+    """Zeros before any main epoch; then the final state of the preceding training epoch, or of the last run of the
+    validation in between (exactly: the cell's state is already the learner's flat layout)."""
+    run = training.MetaTraining(config(**IMITATING_AT_1_3_5, imitation_initial_state="main"), quadratic)
+    unrolls, starts, validations = record_unrolls(run), record_imitation_starts(run), main_state_after_validations(run)
+    run.run()
+    assert [h["kind"] for h in run.history[1:]] == ["imitation[adam]", "train", "imitation[adam]", "train",
+                                                    "validation", "imitation[adam]"]
+    first, second, third = starts[0::2]  # two unrolls per epoch
+    assert all(np.all(s == 0) for s in first)
+    epoch_2_final = [s.numpy() for s in unrolls[1][1].state]
+    assert all(np.any(s != 0) for s in epoch_2_final)
+    for started, final in zip(second, epoch_2_final, strict=True):
+        np.testing.assert_array_equal(started, final)
+    ((remembered, replayed),) = validations
+    for started, kept, final in zip(third, remembered, replayed, strict=True):
+        np.testing.assert_array_equal(started, kept)
+        np.testing.assert_allclose(kept, final, rtol=1e-6, atol=1e-7)
+    epoch_4_final = [s.numpy() for s in unrolls[3][1].state]
+    assert not np.allclose(third[0], epoch_4_final[0])  # the validation's state, not the last training epoch's
+
+
+def test_zeros_starts_every_imitation_epoch_from_zeros_and_keeps_no_state(quadratic):
+    run = training.MetaTraining(config(**IMITATING_AT_1_3_5), quadratic)
+    starts = record_imitation_starts(run)
+    run.run()
+    assert run.main_state is None and len(starts) == 6
+    assert all(np.all(s == 0) for s in starts[0] + starts[2] + starts[4])
+
+
+def test_main_starts_rnnprops_imitation_with_its_lstm_state_and_zero_moments(quadratic):
+    run = training.MetaTraining(config(net="rnnprop", num_epochs=2, evaluation_period=10, if_mt=True, mt_ratio=0.5,
+                                       seed=1, imitation_initial_state="main"), quadratic)  # train, imitation
+    unrolls, starts = record_unrolls(run), record_imitation_starts(run)
+    run.run()
+    assert [h["kind"] for h in run.history[1:]] == ["train", "imitation[adam]"]
+    final, started = [s.numpy() for s in unrolls[-1][1].state], starts[0]
+    assert len(final) == len(started) == 7  # h, c of two LSTMs; m, v, steps
+    for part, main_part in zip(started[:4], final[:4]):
+        np.testing.assert_array_equal(part, main_part)
+        assert np.any(part != 0)
+    assert np.any(final[4] != 0) and np.any(final[5] != 0) and np.all(final[6] == 10)  # the main epoch's moments
+    assert all(np.all(part == 0) for part in started[4:])                              # are not carried
+
+
+def checkpoint_names(save_path):
+    return [name for name, _ in tf.train.list_variables(tf.train.latest_checkpoint(str(save_path / "checkpoints")))]
+
+
+def test_a_resume_between_a_main_and_an_imitation_epoch_gives_the_same_bits(quadratic, tmp_path):
+    """The remembered state travels in the checkpoint (with the self-improving mixture: its learned part)."""
+    settings = dict(evaluation_period=10, if_mt=True, mt_ratio=0.5, seed=15, self_improving=True,
+                    imitation_initial_state="main")  # imitation, train, imitation
+    whole = training.MetaTraining(config(num_epochs=3, save_path=str(tmp_path / "whole"), **settings), quadratic)
+    whole_starts = record_imitation_starts(whole)
+    whole.run()
+    training.MetaTraining(config(num_epochs=2, save_path=str(tmp_path / "cut"), **settings), quadratic).run()
+    assert any("imitation_initial_state" in name for name in checkpoint_names(tmp_path / "cut"))
+    resumed = training.MetaTraining(config(num_epochs=3, save_path=str(tmp_path / "cut"), **settings), quadratic)
+    resumed_starts = record_imitation_starts(resumed)
+    resumed.run()
+    assert [h["kind"] for h in resumed.history[1:]] == ["imitation[adam]", "train", "imitation[adam]"]
+    for started, whole_started in zip(resumed_starts[0], whole_starts[2], strict=True):
+        np.testing.assert_array_equal(started, whole_started)
+        assert np.any(started != 0)
+    for a, b in zip(weights(resumed.cell), weights(whole.cell), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_zeros_checkpoints_no_state_and_an_older_checkpoint_counts_as_zeros(quadratic, tmp_path, caplog):
+    settings = dict(evaluation_period=10, if_mt=True, mt_ratio=0.5, save_path=str(tmp_path))
+    run = old_checkpoint(training.MetaTraining(config(num_epochs=2, **settings), quadratic),
+                         missing=("imitation_initial_state",))
+    run.run()
+    assert not any("imitation_initial_state" in name for name in checkpoint_names(tmp_path))
+    with pytest.raises(errors.UsageError, match="--imitation_initial_state='zeros' there, 'main' now"):
+        training.MetaTraining(config(num_epochs=3, imitation_initial_state="main", **settings), quadratic)
+    caplog.set_level(logging.INFO)
+    resumed = training.MetaTraining(config(num_epochs=3, **settings), quadratic)
+    assert resumed.resumed and "predates --imitation_initial_state='zeros'" in caplog.text
+
+
+def test_main_refuses_several_optimizees_per_meta_step(quadratic):
+    with pytest.raises(errors.UsageError, match="--imitation_initial_state=main needs one optimizee per meta-step"):
+        training.MetaTraining(config(if_mt=True, imitation_initial_state="main", num_optimizees=2), quadratic)
+    without_imitation = training.MetaTraining(config(imitation_initial_state="main", num_optimizees=2), quadratic)
+    assert without_imitation.main_state is None  # the setting has no effect there
+
+
 def test_tensorboard_scalars(quadratic, tmp_path, caplog):
     caplog.set_level(logging.INFO)
     run = training.MetaTraining(config(num_epochs=4, evaluation_period=2, if_mt=True, mt_ratio=0.5,
@@ -402,7 +525,9 @@ def test_bad_configs_are_usage_errors():
                                (dict(mt_ratio=1.5), "--mt_ratio"), (dict(net="lstm"), "unknown network"),
                                (dict(snapshot_every=-1), "--snapshot_every must be 0"),
                                (dict(snapshot_every=5), "--snapshot_every needs --save_path"),
-                               (dict(snapshot_every=5, if_cl=True, save_path="x"), "without --if_cl")]:
+                               (dict(snapshot_every=5, if_cl=True, save_path="x"), "without --if_cl"),
+                               (dict(imitation_initial_state="last"),
+                                "unknown --imitation_initial_state='last': expected one of zeros, main")]:
         with pytest.raises(errors.UsageError, match=message):
             config(**overrides).validate()
     assert config_lib.parse_names("Adam, SGD") == ("adam", "sgd")
