@@ -95,6 +95,7 @@ def test_dry_run_lists_the_plan_and_what_is_done(tmp_path, new_user_env):
     (["--preset=short", "--experiments=dm", "--problems=mnist,imagenet"], "unknown names: imagenet"),
     (["--preset=short", "--experiments=rnnprop", "--guard_problems=mnist"], "guard our trained dm"),
     (["--preset=short", "--experiments=dm", "--eval_seeds=2,x"], "--eval_seeds: expected integers"),
+    (["--preset=short", "--experiments=dm", "--jobs=0"], "--jobs must be positive, got 0"),
     (["--preset=short", "--experiments=dm", "--problems=cifar_conv", "--data_dir=/nonexistent"], "cifar10"),
     (["--preset=short", "--experiments=dm", "--data_dir=/nonexistent", "--dry_run"], "/nonexistent"),
     (["--preset=paper_mnist", "--experiments=dm", "--dry_run"], "no data given, and the paper_mnist preset compares "
