@@ -43,6 +43,9 @@ START_SECONDS = {"training": 20, "evaluation": 4}  # a training process's start-
 # With --jobs=2 on the 2 cores each one-thread training takes this much longer than it does alone with both (bench/
 # README.md, "Trainings in parallel"); the trainings' time is divided by --jobs and multiplied by this.
 PARALLEL_SLOWDOWN = 1.4
+# A training's exit status when stopped: 130 when it saved (Ctrl-C or SIGTERM), or killed by the signal before its
+# handler was installed (still starting: nothing to save).
+INTERRUPTED = (130, -signal.SIGINT, -signal.SIGTERM)
 FINAL_WINDOW = 100  # the final number of a run: ln of the mean loss over its last 100 steps
 
 
@@ -131,8 +134,9 @@ class TrainingPool:
 
     def run(self, jobs, started=None, ended=None):
         """Run `jobs`, [(name, command, log file)], in order; `started(name, slot)` and `ended(name, status,
-        seconds)` are called as they go. After a failure (an exit status other than 0) no new job starts and the
-        running ones are asked to save and stop (SIGINT); returns the exit statuses, None for jobs never started."""
+        seconds)` are called as they go. After an interruption or a failure no new job starts, and after a failure
+        the running ones are asked to save and stop (SIGINT); returns the exit statuses, None for jobs never
+        started."""
         statuses = [None] * len(jobs)
         running = {}  # slot -> (job index, process, start time)
         waiting = list(range(len(jobs)))
@@ -156,7 +160,7 @@ class TrainingPool:
                 statuses[index] = process.returncode
                 if ended:
                     ended(jobs[index][0], process.returncode, time.time() - start)
-                if process.returncode != 0:
+                if process.returncode not in (0,) + INTERRUPTED:  # interrupted ones got the signal themselves
                     for _, other, _ in running.values():
                         other.send_signal(signal.SIGINT)
         finally:
@@ -405,23 +409,28 @@ class Plan:
         def ended(job, status, seconds):
             experiment, seed = job
             if pool.jobs > 1:
-                print(f"== {time.strftime('%H:%M')} train {experiment} (seed {seed}) ended, exit status {status}, "
-                      f"after {names.format_duration(seconds)}", flush=True)
+                outcome = ("finished" if status == 0 else "interrupted" if status in INTERRUPTED
+                           else f"failed (exit status {status})")
+                print(f"== {time.strftime('%H:%M')} train {experiment} (seed {seed}) {outcome} after "
+                      f"{names.format_duration(seconds)}", flush=True)
             if status == 0:
                 fileio.atomic_write_bytes(self.done_marker(experiment, seed), json.dumps(
                     {"command": self.training_command(experiment, seed), "wall_seconds": seconds}).encode())
 
         statuses = pool.run(jobs, started, ended)
-        failed = [(job, status) for (job, _, _), status in zip(jobs, statuses) if status not in (None, 0, 130)]
+        failed = [(job, status) for (job, _, _), status in zip(jobs, statuses)
+                  if status not in (None, 0) + INTERRUPTED]
         if failed:
             (experiment, seed), status = failed[0]
             where = ("its output is above" if pool.jobs == 1 else f"its output is in {self.training_log(experiment, seed)}")
             raise ReproduceError(f"training {experiment} (seed {seed}) failed with exit status {status}; {where}, "
                                  f"its directory {self.training_dir(experiment, seed)}")
-        stopped = [f"{e} (seed {s})" for ((e, s), _, _), status in zip(jobs, statuses) if status in (None, 130)]
+        stopped = [f"{e} (seed {s})" for ((e, s), _, _), status in zip(jobs, statuses)
+                   if status is None or status in INTERRUPTED]
         if stopped:
-            raise errors.Interrupted(f"training {', '.join(stopped)} was interrupted; run the same command again to "
-                                     "resume")
+            raise errors.Interrupted(f"{'trainings' if len(stopped) > 1 else 'training'} {', '.join(stopped)} "
+                                     f"{'were' if len(stopped) > 1 else 'was'} interrupted; run the same command "
+                                     "again to resume")
 
     def tune_all(self, problems):
         settings = self.merged_flags("tuned_baselines")
