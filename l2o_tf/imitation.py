@@ -166,23 +166,3 @@ class MainTaskState:
             for variable in self.variables:
                 variable.assign(tf.zeros_like(variable))
         return tuple(tf.identity(v) for v in self.variables) + tuple(zero_state[len(self.variables):])
-
-    def recording(self, cell):
-        """`cell` as an update rule that remembers its state after every step: for runs compiled as a whole (the
-        validation), whose final state is the last one remembered."""
-        return _Remembering(cell, self)
-
-
-class _Remembering(rules.UpdateRule):
-    """An update rule that is `cell` and hands its state to `remembered` after every step."""
-
-    def __init__(self, cell, remembered):
-        self.cell, self.remembered = cell, remembered
-
-    def initial_state(self, params):
-        return self.cell.initial_state(params)
-
-    def step(self, gradients, state, loss=None):
-        deltas, state = self.cell.step(gradients, state, loss)
-        self.remembered.remember(state)
-        return deltas, state

@@ -179,8 +179,10 @@ class Runner:
         return trajectory, losses[0]
 
     def final_loss(self, trajectory, num_steps):
-        """f(x_N) on a fresh minibatch after `num_steps` steps: the original's in-training validation value."""
-        return float(self._final(trajectory, tf.constant(int(num_steps))))
+        """f(x_N) on a fresh minibatch after `num_steps` steps: the original's in-training validation value; and
+        the rule's state after them."""
+        loss, state = self._final(trajectory, tf.constant(int(num_steps)))
+        return float(loss), state
 
     def _loop(self, trajectory, num_steps):
         params, states, losses, records = _run_steps([(self.problem, self.rule, self.rng)], False, [trajectory],
@@ -192,7 +194,7 @@ class Runner:
         params = list(params)
         for _ in tf.range(num_steps):
             params, state = _step(self.problem, self.rule, self.rng, params, state, trajectory)
-        return self.problem.loss(scaled(params, scale), constants, self.rng)
+        return self.problem.loss(scaled(params, scale), constants, self.rng), state
 
 
 class Runs:

@@ -122,9 +122,7 @@ class MetaTraining:
                                         "default --strategy, the original's setting with one final state to copy; "
                                         "with --strategy or --num_optimizees use --imitation_initial_state=zeros")
             self.main_state = imitation.MainTaskState(self.cell, problem.num_params)
-        # the validation runs are main-task trajectories too: with `main_state`, the last one's final state is kept
-        validated = self.cell if self.main_state is None else self.main_state.recording(self.cell)
-        self.validator = meta.Runner(problem, validated, self.rngs["validation"])
+        self.validator = meta.Runner(problem, self.cell, self.rngs["validation"])
         self.teachers, self.imitators = [], []
         if config.if_mt:
             for name in config.optimizers[:config.num_mt]:
@@ -195,8 +193,13 @@ class MetaTraining:
         """Sum over `evaluation_epochs` fresh unscaled trajectories of the loss after `steps` steps (whole
         unrolls, as training)."""
         steps = self.num_unrolls(steps) * self.config.unroll_length
-        return sum(self.validator.final_loss(self.validator.new_trajectory(), steps)
-                   for _ in range(self.config.evaluation_epochs))
+        total = 0.0
+        for _ in range(self.config.evaluation_epochs):
+            loss, state = self.validator.final_loss(self.validator.new_trajectory(), steps)
+            total += loss
+        if self.main_state is not None:  # validation runs are main-task trajectories too: the last one's state
+            self.main_state.remember(state)
+        return total
 
     def mean_loss(self, cost):
         """A validation's sum over `evaluation_epochs` trajectories as their mean, the number users are shown."""

@@ -149,7 +149,7 @@ def test_a_few_meta_iterations_lower_the_meta_loss(quadratic):
 
     def held_out():  # the same 8 trajectories every time
         runner = meta.Runner(quadratic, cell, generator(123))
-        return np.mean([runner.final_loss(runner.new_trajectory(), 20) for _ in range(8)])
+        return np.mean([runner.final_loss(runner.new_trajectory(), 20)[0] for _ in range(8)])
 
     before = held_out()
     meta_losses = []
@@ -201,7 +201,7 @@ def test_runner_records_f_of_the_next_iterate(quadratic, scale_bound):
     assert expected[-1] < 0.5 * expected[0]  # the run goes somewhere
     np.testing.assert_allclose(losses, expected, rtol=1e-5)
     np.testing.assert_allclose(rules.flatten(carried.params).numpy(), x, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(runner.final_loss(trajectory, 30), expected[-1], rtol=1e-5)
+    np.testing.assert_allclose(runner.final_loss(trajectory, 30)[0], expected[-1], rtol=1e-5)
 
 
 def test_runner_chunks_and_callback(quadratic):

@@ -98,7 +98,7 @@ def test_validate_is_the_sum_of_fresh_trajectories_final_losses(quadratic):
     run = training.MetaTraining(config(evaluation_epochs=3), quadratic)
     cost = run.validate(12)  # whole unrolls: 10 steps
     runner = meta.Runner(quadratic, run.cell, seeding.generator(3, "validation"))
-    expected = sum(runner.final_loss(runner.new_trajectory(), 10) for _ in range(3))
+    expected = sum(runner.final_loss(runner.new_trajectory(), 10)[0] for _ in range(3))
     assert cost == pytest.approx(expected, rel=1e-6)
     assert cost != pytest.approx(run.validate(12), rel=1e-6)  # the next validation draws fresh trajectories
 
