@@ -425,12 +425,13 @@ class Plan:
             where = ("its output is above" if pool.jobs == 1 else f"its output is in {self.training_log(experiment, seed)}")
             raise ReproduceError(f"training {experiment} (seed {seed}) failed with exit status {status}; {where}, "
                                  f"its directory {self.training_dir(experiment, seed)}")
-        stopped = [f"{e} (seed {s})" for ((e, s), _, _), status in zip(jobs, statuses)
-                   if status is None or status in INTERRUPTED]
-        if stopped:
+        stopped = [f"{e} (seed {s})" for ((e, s), _, _), status in zip(jobs, statuses) if status in INTERRUPTED]
+        waiting = sum(status is None for status in statuses)
+        if stopped or waiting:
+            later = f" ({waiting} more not started)" if waiting else ""
             raise errors.Interrupted(f"{'trainings' if len(stopped) > 1 else 'training'} {', '.join(stopped)} "
-                                     f"{'were' if len(stopped) > 1 else 'was'} interrupted; run the same command "
-                                     "again to resume")
+                                     f"{'were' if len(stopped) > 1 else 'was'} interrupted{later}; run the same "
+                                     "command again to resume")
 
     def tune_all(self, problems):
         settings = self.merged_flags("tuned_baselines")
