@@ -100,19 +100,6 @@ LEARNED_STATE_RUNS = {
 }
 
 
-@pytest.mark.parametrize("learned_state", guards.LEARNED_STATES)
-def test_learned_state_after_a_guard_step_by_hand(learned_state):
-    choices_want, counters_want, factors = LEARNED_STATE_RUNS[learned_state]
-    guard = guards.make("lgl2o", FactorRule([0.9, 2.5, 2.5, 0.9]), HalfSquare(), "sgd", 0.5,
-                        learned_state=learned_state)
-    states = []
-    xs, choices, _ = run_guard(guard, X0, 5, states)
-    assert choices == choices_want
-    assert [int(s.learned) for s in states] == counters_want
-    want = np.concatenate([p.ravel() for p in X0]) * np.array(factors).cumprod()[:, None]
-    np.testing.assert_allclose(np.array(xs), want, rtol=1e-5)
-
-
 # the same rule checked every 2 steps: the choice made at steps 0, 2, 4 is kept at 1, 3, 5, and the learned state
 # follows the step taken (the learned one at step 1 whatever the option)
 LEARNED_STATE_RUNS_EVERY_2 = {
@@ -122,13 +109,14 @@ LEARNED_STATE_RUNS_EVERY_2 = {
 }
 
 
+@pytest.mark.parametrize("every, runs, steps", [(1, LEARNED_STATE_RUNS, 5), (2, LEARNED_STATE_RUNS_EVERY_2, 6)])
 @pytest.mark.parametrize("learned_state", guards.LEARNED_STATES)
-def test_learned_state_with_every_2_by_hand(learned_state):
-    choices_want, counters_want, factors = LEARNED_STATE_RUNS_EVERY_2[learned_state]
-    guard = guards.make("lgl2o", FactorRule([0.9, 2.5, 2.5, 0.9]), HalfSquare(), "sgd", 0.5, every=2,
+def test_learned_state_after_a_guard_step_by_hand(learned_state, every, runs, steps):
+    choices_want, counters_want, factors = runs[learned_state]
+    guard = guards.make("lgl2o", FactorRule([0.9, 2.5, 2.5, 0.9]), HalfSquare(), "sgd", 0.5, every=every,
                         learned_state=learned_state)
     states = []
-    xs, choices, _ = run_guard(guard, X0, 6, states)
+    xs, choices, _ = run_guard(guard, X0, steps, states)
     assert choices == choices_want
     assert [int(s.learned) for s in states] == counters_want
     want = np.concatenate([p.ravel() for p in X0]) * np.array(factors).cumprod()[:, None]
