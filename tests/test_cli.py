@@ -201,7 +201,8 @@ def test_bad_training_flags_are_one_line_errors(env, tmp_path):
 def test_train_dm_writes_a_loadable_optimizer_that_evaluates(tmp_path, env):
     save = tmp_path / "dm"
     code, log = run("train_dm", env, f"--save_path={save}", "--problem=mnist", "--num_epochs=2",
-                    "--evaluation_period=1", "--evaluation_epochs=1", "--num_steps=40", "--seed=1")
+                    "--evaluation_period=1", "--evaluation_epochs=1", "--num_steps=10", "--unroll_length=10",
+                    "--seed=1")
     assert code == 0, log
     cell = networks.load(str(save / "cw.l2l-0"))
     assert isinstance(cell, networks.CoordinateWiseDeepLSTM)
@@ -216,10 +217,10 @@ def test_train_dm_writes_a_loadable_optimizer_that_evaluates(tmp_path, env):
     assert os.path.exists(tmp_path / "out" / "L2L_eval_loss_record.pickle-mnist")
 
 
-def test_a_killed_run_resumes_where_its_checkpoint_left_off(tmp_path, env):
+def test_a_killed_run_resumes_where_its_checkpoint_left_off_and_refuses_another_run(tmp_path, env):
     save = tmp_path / "killed"
     flags = [f"--save_path={save}", "--problem=quadratic", "--evaluation_period=3", "--evaluation_epochs=1",
-             "--num_steps=20", "--checkpoint_secs=1", "--seed=5"]
+             "--num_steps=5", "--unroll_length=5", "--checkpoint_secs=1", "--seed=5"]
     process = subprocess.Popen([sys.executable, "-m", "l2o_tf.train_dm", *flags, "--num_epochs=100000"], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -238,14 +239,7 @@ def test_a_killed_run_resumes_where_its_checkpoint_left_off(tmp_path, env):
     assert "resuming" in log  # from the checkpoint: history.json is written just after it, so at most one behind
     epochs = [h["epoch"] for h in history(str(save)) if h["kind"] == "train"]
     assert epochs == list(range(1, done + 5))  # nothing lost, nothing repeated
-
-
-def test_resume_refuses_a_different_run(tmp_path, env):
-    save = tmp_path / "run"
-    code, log = run("train_dm", env, f"--save_path={save}", "--problem=quadratic", "--num_epochs=1",
-                    "--evaluation_period=1", "--evaluation_epochs=1", "--num_steps=20")
-    assert code == 0, log
-    code, log = run("train_dm", env, f"--save_path={save}", "--problem=mnist", "--num_epochs=2")
+    code, log = run("train_dm", env, *flags, "--problem=mnist", f"--num_epochs={done + 8}")  # another run
     assert code == 2 and "--problem='quadratic' there, 'mnist' now" in log
 
 
@@ -256,7 +250,7 @@ def test_curriculum_with_imitation_advances_to_the_longer_stage(tmp_path, env, m
     Imitation epochs start from the original's carried state (--imitation_initial_state=main)."""
     save = tmp_path / module
     code, log = run(module, env, f"--save_path={save}", "--problem=quadratic", "--if_cl", "--if_mt",
-                    "--num_steps_schedule=20 60", "--mt_ratios=0.5", "--min_num_eval=1", "--evaluation_period=1",
+                    "--num_steps_schedule=5 15", "--unroll_length=5", "--mt_ratios=0.5", "--min_num_eval=1", "--evaluation_period=1",
                     "--evaluation_epochs=1", "--num_epochs=8", "--learning_rate=1e-9", "--seed=2",
                     "--imitation_initial_state=main")
     assert code == 0, log
@@ -269,29 +263,30 @@ def test_curriculum_with_imitation_advances_to_the_longer_stage(tmp_path, env, m
     assert decisions[0] == "improved" and "advance" in decisions
     advance = validations[decisions.index("advance")]["epoch"]
     assert advance < 8  # so that stage 1 trained at least one epoch
-    # stage 0 trains on 20 steps and validates on stage 1's 60; stage 1 trains and validates on 60
-    assert [h["train_steps"] for h in epochs] == [20 if h["epoch"] <= advance else 60 for h in epochs]
-    assert all(h["steps"] == 60 for h in validations)
+    # stage 0 trains on 5 steps and validates on stage 1's 15; stage 1 trains and validates on 15
+    assert [h["train_steps"] for h in epochs] == [5 if h["epoch"] <= advance else 15 for h in epochs]
+    assert all(h["steps"] == 15 for h in validations)
     stages = [h for h in records if h["kind"] == "stage"]
-    assert len(stages) == 1 and stages[0]["stage"] == 1 and stages[0]["train_steps"] == 60
+    assert len(stages) == 1 and stages[0]["stage"] == 1 and stages[0]["train_steps"] == 15
     assert os.path.exists(save / f"{key}.l2l-0")
 
 
-@pytest.mark.parametrize("module", ["train_dm", "train_rnnprop"])
-def test_imitation_and_self_improving_modes_train(tmp_path, env, module):
-    for mode in (["--if_mt", "--mt_ratio=1.0", "--optimizers=rmsprop,nag", "--num_mt=2"],
-                 ["--self_improving", "--auxiliary_decay_epochs=2"]):
-        save = tmp_path / mode[0].strip("-")
-        code, log = run(module, env, f"--save_path={save}", "--problem=quadratic", "--num_steps=20",
-                        "--num_epochs=2", "--evaluation_period=2", "--evaluation_epochs=1", "--seed=0", *mode)
-        assert code == 0, log
-        epochs = [h for h in history(str(save)) if h["kind"] not in ("start", "validation")]
-        assert all(h["applied"] == 1 for h in epochs)  # one unroll of 20 steps, one meta-update each
-        if mode[0] == "--if_mt":
-            assert [h["kind"] for h in epochs] == ["imitation[rmsprop]", "imitation[nag]"]
-        else:  # the auxiliaries' probability decays from 1/(k+1) to 0 over --auxiliary_decay_epochs=2
-            assert [h["kind"] for h in epochs] == ["train", "train"]
-            assert [h["auxiliary_probability"] for h in epochs] == [0.25, 0.125]
+@pytest.mark.parametrize("module, mode", [
+    ("train_dm", ["--if_mt", "--mt_ratio=1.0", "--optimizers=rmsprop,nag", "--num_mt=2"]),
+    ("train_rnnprop", ["--self_improving", "--auxiliary_decay_epochs=2"])])
+def test_imitation_and_self_improving_modes_train(tmp_path, env, module, mode):
+    """The modes' flags reach the trainer (both modules share it: the curriculum test runs imitation on each)."""
+    code, log = run(module, env, f"--save_path={tmp_path}", "--problem=quadratic", "--num_steps=5",
+                    "--unroll_length=5", "--num_epochs=2", "--evaluation_period=2", "--evaluation_epochs=1",
+                    "--seed=0", *mode)
+    assert code == 0, log
+    epochs = [h for h in history(str(tmp_path)) if h["kind"] not in ("start", "validation")]
+    assert all(h["applied"] == 1 for h in epochs)  # one unroll of 5 steps, one meta-update each
+    if mode[0] == "--if_mt":
+        assert [h["kind"] for h in epochs] == ["imitation[rmsprop]", "imitation[nag]"]
+    else:  # the auxiliaries' probability decays from 1/(k+1) to 0 over --auxiliary_decay_epochs=2
+        assert [h["kind"] for h in epochs] == ["train", "train"]
+        assert [h["auxiliary_probability"] for h in epochs] == [0.25, 0.125]
 
 
 def test_imported_original_dm_cl_il_learns_mnist_by_its_shipped_name(tmp_path, env):
@@ -316,7 +311,8 @@ def test_evaluate_takes_the_directory_of_a_weights_file(tmp_path, env, weights_f
 
 
 def test_a_finished_curriculum_is_not_trained_further_when_run_again(tmp_path, env):
-    flags = [f"--save_path={tmp_path / 'cl'}", "--problem=quadratic", "--if_cl", "--num_steps_schedule=20 40",
+    flags = [f"--save_path={tmp_path / 'cl'}", "--problem=quadratic", "--if_cl", "--num_steps_schedule=5 10",
+             "--unroll_length=5",
              "--min_num_eval=1", "--evaluation_period=1", "--evaluation_epochs=1", "--num_epochs=30", "--seed=2",
              "--learning_rate=1e-9"]  # a stationary optimizer: the curriculum ends the run within a few epochs
     code, log = run("train_dm", env, *flags)

@@ -118,12 +118,14 @@ def test_run_all_needs_a_preset():
 
 
 def test_a_tiny_reproduction_end_to_end_and_its_rerun(tmp_path, new_user_env):
-    """Train dm (the smoke budget), tune Adam and SGD, evaluate dm, an original model, the baselines and both
+    """Train dm (two epochs of 10 steps), tune Adam and SGD, evaluate dm, an original model, the baselines and both
     guards on the embedded sample; results.json holds each record's numbers; a rerun does nothing."""
     configs, runs = tmp_path / "configs", tmp_path / "runs"
     shutil.copytree(CONFIGS, configs)
     (configs / "smoke" / "tuned_baselines.flags").write_text("--seeds=0\n--num_steps=30\n--learning_rates=0.1,1\n"
                                                              "--optimizers=Adam,SGD\n")
+    (configs / "smoke" / "dm.flags").write_text("--num_epochs=2\n--num_steps=10\n--unroll_length=10\n"
+                                                "--evaluation_period=1\n--evaluation_epochs=1\n")
     flags = ["--preset=smoke", f"--configs_dir={configs}", f"--runs_dir={runs}", "--experiments=dm",
              "--originals=dm_cl_il", "--problems=mnist", "--eval_steps=30", "--eval_seeds=2",
              "--guard_problems=mnist"]
@@ -168,7 +170,8 @@ def test_ctrl_c_during_training_saves_and_says_how_to_resume(tmp_path, new_user_
     it, then exits 130 with the resume line instead of killing it."""
     configs, runs = tmp_path / "configs", tmp_path / "runs"
     shutil.copytree(CONFIGS, configs)
-    (configs / "smoke" / "dm.flags").write_text("--num_epochs=100000\n--num_steps=40\n--evaluation_period=1000\n")
+    (configs / "smoke" / "dm.flags").write_text("--num_epochs=100000\n--num_steps=10\n--unroll_length=10\n"
+                                                "--evaluation_period=1000\n")
     command = [sys.executable, "-m", "l2o_tf.reproduce", "--preset=smoke", f"--configs_dir={configs}",
                f"--runs_dir={runs}", "--experiments=dm", "--problems=mnist", "--tune=false"]
     driver = subprocess.Popen(command, env=new_user_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

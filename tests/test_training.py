@@ -538,7 +538,7 @@ def test_ctrl_c_on_the_command_line_saves_says_how_to_resume_and_exits_130(tmp_p
     """As a user: SIGINT to a running train_dm; one line, no traceback, status 130; the same command resumes."""
     save = tmp_path / "run"
     command = [sys.executable, "-m", "l2o_tf.train_dm", f"--save_path={save}", "--problem=quadratic",
-               "--num_epochs=100000", "--evaluation_period=1000", "--num_steps=20", "--seed=1"]
+               "--num_epochs=100000", "--evaluation_period=1000", "--num_steps=5", "--unroll_length=5", "--seed=1"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -555,8 +555,8 @@ def test_ctrl_c_on_the_command_line_saves_says_how_to_resume_and_exits_130(tmp_p
     assert "checkpoint saved in" in last and "run the same command again to resume" in last
     stopped_at = int(last.split("at epoch ")[1].split(":")[0])
     assert stopped_at >= 1
-    result = subprocess.run(command[:-3] + [f"--num_epochs={stopped_at + 2}", "--evaluation_period=1000",
-                                            "--num_steps=20", "--seed=1"],
+    result = subprocess.run(command[:-4] + [f"--num_epochs={stopped_at + 2}", "--evaluation_period=1000",
+                                            "--num_steps=5", "--unroll_length=5", "--seed=1"],
                             env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert f"from epoch {stopped_at}" in result.stdout + result.stderr
