@@ -428,10 +428,10 @@ class Plan:
         stopped = [f"{e} (seed {s})" for ((e, s), _, _), status in zip(jobs, statuses) if status in INTERRUPTED]
         waiting = sum(status is None for status in statuses)
         if stopped or waiting:
+            said = (f"{'trainings' if len(stopped) > 1 else 'training'} {', '.join(stopped)} "
+                    f"{'were' if len(stopped) > 1 else 'was'} interrupted" if stopped else "interrupted")
             later = f" ({waiting} more not started)" if waiting else ""
-            raise errors.Interrupted(f"{'trainings' if len(stopped) > 1 else 'training'} {', '.join(stopped)} "
-                                     f"{'were' if len(stopped) > 1 else 'was'} interrupted{later}; run the same "
-                                     "command again to resume")
+            raise errors.Interrupted(f"{said}{later}; run the same command again to resume")
 
     def tune_all(self, problems):
         settings = self.merged_flags("tuned_baselines")
