@@ -7,15 +7,15 @@ our trainer, written from SPEC_DM §1, §4 and §5 with `tf.compat.v1`.
 
 As the original: ref variables (or resource ones with --resource), a v1 `while_loop` whose body takes its optimizee
 gradient with `tf.gradients`, one `session.run` doing the forward unroll, the assigns of the carried state and the
-meta-Adam step; validation on 20 trajectories of the training split; with --cl the original's curriculum (train on
-stage i's steps, validate on stage i+1's, advance at the first non-improving validation after at least 3, restore
-the stage's best, keep meta-Adam's moments, stop after 3 without improvement). Writes every validation's weights as
-OUT/<key>.l2l-<1000 + epoch> and the best as OUT/<key>.l2l-0 in the original layout (`l2o_tf.load` reads them), and
-one line per validation to stdout. With --check it runs meta-iterations from given weights, optimizee and minibatch
-indices instead (IN.npz: `w:<module>/<name>`, `x:<k>`, `indices` [unrolls, 21, 128]) and writes the losses and
-meta-gradients of each, and the weights after them, to OUT.npz: tests/test_tf1_reference.py compares our trainer
-with it on identical inputs. docs/FIDELITY.md ("The meta-gradient", "Commands and configs") and docs/RESULTS.md
-("The paper budget") have what it showed.
+meta-Adam step; validation on 20 trajectories of the training split; with --cl the original's curriculum (restore
+the stage's best at each advance, keep meta-Adam's moments), whose decisions are `l2o_tf.curriculum`'s, tested on
+their own; the network and its features are written here again from the spec, so that they check ours. Writes
+every validation's weights as OUT/<key>.l2l-<1000 + epoch> and the best as OUT/<key>.l2l-0 in the original layout
+(`l2o_tf.load` reads them), and one line per validation to stdout. With --check it runs meta-iterations from
+given weights, optimizee and minibatch indices instead (IN.npz: `w:<module>/<name>`, `x:<k>`, `indices` [unrolls,
+21, 128]) and writes the losses and meta-gradients of each, and the weights after them, to OUT.npz:
+tests/test_tf1_reference.py compares our trainer with it on identical inputs. docs/FIDELITY.md ("The
+meta-gradient", "Commands and configs") and docs/RESULTS.md ("The paper budget") have what it showed.
 """
 import argparse
 import os
@@ -24,12 +24,10 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from l2o_tf import datasets, original_pickle
+from l2o_tf import curriculum, datasets, original_pickle
 
 tf1 = tf.compat.v1
 UNROLL = 20
-TRAIN_UNROLLS = (5, 10, 25, 50, 75, 100, 125, 150)   # SPEC_DM §5: 100 ... 3000 steps
-EVAL_UNROLLS = TRAIN_UNROLLS[1:]
 SHAPES = [(784, 20), (20,), (20, 10), (10,)]
 
 
@@ -37,8 +35,9 @@ def parse():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--net", choices=("dm", "rnnprop"), required=True)
     parser.add_argument("--cl", action="store_true", help="the original's curriculum")
-    parser.add_argument("--max_stage", type=int, default=len(EVAL_UNROLLS),
-                        help="end the run when the curriculum reaches this stage")
+    parser.add_argument("--max_stage", type=int, default=len(curriculum.DEFAULT_SCHEDULE) - 1,
+                        help="end the run when the curriculum reaches this stage (default: the last, where the "
+                             "original crashed)")
     parser.add_argument("--epochs", type=int, default=None, help="default: 100 (rnnprop), 10000 (dm)")
     parser.add_argument("--if_scale", action="store_true", help="random scaling exp(U(-3, 3)) per epoch")
     parser.add_argument("--resource", action="store_true", help="resource variables instead of ref ones")
@@ -161,13 +160,16 @@ def main():
     flat = tf.nest.flatten
     carry = [tf1.assign(a, b) for a, b in zip(flat(x_vars) + flat(state_vars) + m_vars + v_vars,
                                               flat(x_final) + flat(s_final) + flat(m_final) + flat(v_final))]
-    meta_step = tf1.train.AdamOptimizer(0.001).minimize(meta_loss)
+    weight_vars = {module: dict(variables) for module, variables in weights.items()}
+    names = [(m, n) for m, d in weight_vars.items() for n in d]
+    meta_gradients = tf1.gradients(meta_loss, [weight_vars[m][n] for m, n in names])   # what minimize() takes
+    meta_step = tf1.train.AdamOptimizer(0.001).apply_gradients(
+        zip(meta_gradients, [weight_vars[m][n] for m, n in names]))
     reset = [tf1.variables_initializer(flat(state_vars) + x_vars)] + [tf1.assign(a, tf.zeros(a.shape))
                                                                        for a in m_vars + v_vars]
     scaled_init = [tf1.assign(x, x / r) for x, r in zip(x_vars, scales)]
-    weight_vars = {module: dict(variables) for module, variables in weights.items()}
-    placeholders = {(m, n): tf1.placeholder(tf.float32, v.shape) for m, d in weight_vars.items() for n, v in d.items()}
-    restore = [tf1.assign(v, placeholders[m, n]) for m, d in weight_vars.items() for n, v in d.items()]
+    placeholders = {(m, n): tf1.placeholder(tf.float32, weight_vars[m][n].shape) for m, n in names}
+    restore = [tf1.assign(weight_vars[m][n], placeholders[m, n]) for m, n in names]
     x_given = [tf1.placeholder(tf.float32, s) for s in SHAPES]
     set_x = [tf1.assign(x, given) for x, given in zip(x_vars, x_given)]
 
@@ -189,12 +191,11 @@ def main():
             session.run(restore, {placeholders[m, n]: given[f"w:{m}/{n}"] for m, n in placeholders})
             session.run(reset)
             session.run(set_x, {p: given[f"x:{k}"] for k, p in enumerate(x_given)})
-            names = list(placeholders)
-            gradients = tf1.gradients(meta_loss, [weight_vars[m][n] for m, n in names])
             results = {key: [] for key in ["meta_loss", "final_loss"] + [f"g:{m}/{n}" for m, n in names]}
             for u, rows in enumerate(given["indices"]):
                 feed = {batch_table: rows, step: u * UNROLL + 1}
-                meta, final, values = session.run([meta_loss, final_loss, gradients, carry, meta_step], feed)[:3]
+                meta, final, values = session.run([meta_loss, final_loss, meta_gradients, carry, meta_step],
+                                                  feed)[:3]
                 results["meta_loss"].append(meta)
                 results["final_loss"].append(final)
                 for (m, n), value in zip(names, values):
@@ -202,44 +203,33 @@ def main():
             weights_after = session.run(weight_vars)
             np.savez(args.out, **results, **{f"w:{m}/{n}": weights_after[m][n] for m, n in names})
             return
-        stage, best, validations, improved, stage_best = 0, float("inf"), 0, False, None
-        start = time.time()
+        schedule = curriculum.DEFAULT_SCHEDULE if args.cl else (5 * UNROLL,)
+        cl, stage_best, start = curriculum.Curriculum(schedule, enabled=args.cl), None, time.time()
         for epoch in range(epochs):
-            cost = run_epoch(session, TRAIN_UNROLLS[stage] if args.cl else 5, [carry, meta_step], args.if_scale)
+            cost = run_epoch(session, cl.train_steps // UNROLL, [carry, meta_step], args.if_scale)
             if (epoch + 1) % period:
                 continue
-            eval_unrolls = EVAL_UNROLLS[stage] if args.cl else 5
-            value = sum(run_epoch(session, eval_unrolls, [carry], False) for _ in range(20))
+            stage, valid_steps = cl.stage, cl.valid_steps
+            value = sum(run_epoch(session, valid_steps // UNROLL, [carry], False) for _ in range(20))
             current = session.run(weight_vars)
             with open(os.path.join(args.out, f"{key}.l2l-{1000 + epoch + 1}"), "wb") as f:
                 f.write(original_pickle.dumps(current))
-            validations += 1
-            if value < best:
-                best, improved, stage_best, decision = value, True, current, "improved"
+            decision = cl.observe(value)
+            if decision == curriculum.IMPROVED:
+                stage_best = current
                 with open(os.path.join(args.out, f"{key}.l2l-0"), "wb") as f:
                     f.write(original_pickle.dumps(current))
-            elif not args.cl:
-                decision = "continue"
-            elif validations >= 3 and improved:
-                decision = "advance"
-            elif validations >= 3:
-                decision = "stop"
-            else:
-                decision = "continue"
-            print(f"epoch {epoch + 1} stage {stage} train {cost:.4f} val@{eval_unrolls * UNROLL} "
-                  f"{value / 20:.4f} {decision} {time.time() - start:.0f}s", flush=True)
-            if decision == "stop":
+            print(f"epoch {epoch + 1} stage {stage} train {cost:.4f} val@{valid_steps} {value / 20:.4f} {decision} "
+                  f"{time.time() - start:.0f}s", flush=True)
+            if decision in (curriculum.STOP, curriculum.FINISHED):
                 break
-            if decision == "advance":
-                session.run(restore, {placeholders[m, n]: stage_best[m][n]
-                                      for m, d in stage_best.items() for n in d})
-                stage, validations, improved = stage + 1, 0, False
-                if stage >= args.max_stage:
-                    print(f"reached stage {stage}: ending", flush=True)
+            if decision == curriculum.ADVANCE:
+                session.run(restore, {placeholders[m, n]: stage_best[m][n] for m, n in names})
+                if cl.stage >= args.max_stage:
+                    print(f"reached stage {cl.stage}: ending", flush=True)
                     break
-                best = sum(run_epoch(session, EVAL_UNROLLS[stage], [carry], False) for _ in range(20))
-                print(f"stage {stage}: baseline val@{EVAL_UNROLLS[stage] * UNROLL} {best / 20:.4f}", flush=True)
-
+                cl.start_stage(sum(run_epoch(session, cl.valid_steps // UNROLL, [carry], False) for _ in range(20)))
+                print(f"stage {cl.stage}: baseline val@{cl.valid_steps} {cl.best / 20:.4f}", flush=True)
 
 if __name__ == "__main__":
     main()
