@@ -207,6 +207,27 @@ def test_batch_norm_uses_batch_statistics_per_channel():
                                (x[:, 0, 0] - x[:, 0, 0].mean(0)) / np.sqrt(x[:, 0, 0].var(0) + 1e-3), atol=1e-5)
 
 
+def test_layers_batch_norm_is_the_fused_kernel_of_the_same_function():
+    """The conv problems' BN (the fused kernel, as TF1's tf.layers ran it): the batch-statistics formula forward, and
+    backward the gradient through the statistics, dx = (dy - mean(dy) - x̂ mean(dy x̂)) / sqrt(var + eps)."""
+    rng = np.random.RandomState(1)
+    x = (rng.randn(8, 5, 5, 3) * [1.0, 3.0, 0.02] + 2.0).astype(np.float32)
+    upstream = rng.randn(*x.shape).astype(np.float32)
+    axes = (0, 1, 2)
+    inv_std = 1.0 / np.sqrt(x.var(axis=axes) + 1e-3)
+    normalised = (x - x.mean(axis=axes)) * inv_std
+    expected_dx = inv_std * (upstream - upstream.mean(axis=axes) - normalised * (upstream * normalised).mean(axis=axes))
+    tensor = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(tensor)
+        y = problems._layers_batch_norm(tensor)
+        weighted = tf.reduce_sum(y * upstream)
+    np.testing.assert_allclose(y.numpy(), normalised, atol=1e-5)
+    np.testing.assert_allclose(tape.gradient(weighted, tensor).numpy(), expected_dx, rtol=1e-4, atol=1e-4)
+    assert "FusedBatchNorm" in {op.type[:14] for op in tf.function(problems._layers_batch_norm).get_concrete_function(
+        tf.TensorSpec(x.shape)).graph.get_operations()}
+
+
 @pytest.mark.parametrize("name", ["mnist_conv", "cifar_conv", "nas"])
 def test_relu_on_logits(built, name):
     p = built[name]
