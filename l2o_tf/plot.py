@@ -1,6 +1,7 @@
 """Plot loss records as the paper's figures: ln(training loss) against the iteration, a panel per optimizee.
 
     python -m l2o_tf.plot --output=docs/guards.png dm='runs/*/dm/seed*/*' sgd='runs/*/sgd/seed*/*'
+    python -m l2o_tf.plot --table dm='runs/*/dm/seed*/*' sgd='runs/*/sgd/seed*/*'
 
 Each argument is LABEL=PATTERN: the loss records (`<optimizer>_eval_loss_record.pickle-<problem>` or its `.npz`, as
 the evaluation harness, tune_baselines and run_all.sh write them) that PATTERN matches (a glob; quote it). Records
@@ -9,6 +10,10 @@ one label in one panel are seeds: the line is the mean over seeds of ln(loss) (e
 `--smooth` steps first), the band one standard deviation. Writes the PNG (`--output`) and a PDF beside it.
 Needs matplotlib (`pip install -e ".[plot]"`); without it the command stops at once with one line
 (`--check` does only that check: run_all.sh calls it before hours of work).
+
+`--table` prints instead the numbers the paper's comparisons read (no matplotlib): per problem and label, ln of the
+mean loss over steps 51-150, 451-550, 1,951-2,050 and the last 100, mean ± std over the label's records. A renamed
+`.npz` record (without `_eval_loss_record.pickle-<problem>` in its name) is read too, as of its flags' problem.
 """
 import glob
 import json
@@ -29,6 +34,10 @@ FLAGS = flags.FLAGS
 RECORD_MARK = "_eval_loss_record.pickle-"
 MAX_POINTS = 2000  # per line, at most
 SAMPLE_MARK = " [embedded MNIST sample]"  # after the label of records made on it: not comparable with the paper
+FINAL_WINDOW = 100  # the final number of a run: ln of the mean loss over its last 100 steps
+# The windows of a run's summary: (key, column heading, steps); a record too short for one has no value there.
+LN_WINDOWS = (("ln_100", "~100", slice(50, 150)), ("ln_500", "~500", slice(450, 550)),
+              ("ln_2000", "~2,000", slice(1950, 2050)), ("ln_final", "last 100", slice(-FINAL_WINDOW, None)))
 
 
 class PlotError(errors.UsageError):
@@ -42,6 +51,8 @@ def define_flags():
     flags.DEFINE_string("title", "", "Figure title.", **listed)
     flags.DEFINE_integer("smooth", 50, "Moving-average window over steps, applied to each seed's loss before ln.",
                          **listed)
+    flags.DEFINE_bool("table", False, "Print the ln-loss windows of each label and problem (mean ± std over its "
+                      "records) as markdown instead of drawing; needs no matplotlib and no --output.", **listed)
     flags.DEFINE_bool("check", False, "Only check that matplotlib is installed (exit 2 with one line if not).",
                       **listed)
 
@@ -61,10 +72,10 @@ def parse_series(arguments):
         label, sep, pattern = argument.partition("=")
         if not sep or not label or not pattern:
             raise PlotError(f"expected LABEL=PATTERN, got {argument!r}")
-        paths = sorted(p for p in glob.glob(pattern) if RECORD_MARK in os.path.basename(p))
+        paths = sorted(p for p in glob.glob(pattern) if RECORD_MARK in os.path.basename(p) or p.endswith(".npz"))
         paths = _prefer_npz(paths)
         if not paths:
-            raise PlotError(f"{label}: no loss record (*{RECORD_MARK}<problem>[.npz]) matches {pattern!r}")
+            raise PlotError(f"{label}: no loss record (*{RECORD_MARK}<problem>[.npz] or *.npz) matches {pattern!r}")
         series.append((label, paths))
     if not series:
         raise PlotError("give at least one LABEL=PATTERN of loss records")
@@ -78,8 +89,24 @@ def _prefer_npz(paths):
 
 
 def problem_of(path):
-    name = os.path.basename(path).split(RECORD_MARK, 1)[1]
-    return name[:-len(".npz")] if name.endswith(".npz") else name
+    """The problem a record is of: its name's `-<problem>` suffix, or for a renamed .npz the `problem` of its flags."""
+    name = os.path.basename(path)
+    if RECORD_MARK in name:
+        name = name.split(RECORD_MARK, 1)[1]
+        return name[:-len(".npz")] if name.endswith(".npz") else name
+    problem = _recorded_flags(path).get("problem")
+    if not problem:
+        raise PlotError(f"{path}: cannot tell its problem (neither *{RECORD_MARK}<problem> nor a problem in its flags)")
+    return str(problem)
+
+
+def _recorded_flags(npz):
+    """The flags an evaluation stored in its .npz record ({} for a record without them)."""
+    try:
+        with np.load(npz, allow_pickle=False) as data:
+            return json.loads(str(data["flags"])) if "flags" in data.files else {}
+    except (OSError, ValueError) as e:
+        raise PlotError(f"{npz}: not a readable loss record ({type(e).__name__}: {e})") from None
 
 
 def read_losses(path):
@@ -105,9 +132,7 @@ def from_embedded_sample(path):
     npz = path if path.endswith(".npz") else path + ".npz"
     if not os.path.exists(npz):
         return False
-    with np.load(npz, allow_pickle=False) as data:
-        run_flags = json.loads(str(data["flags"])) if "flags" in data.files else {}
-    return str(run_flags.get("data_source") or "").startswith(datasets.SAMPLE_SOURCE)
+    return str(_recorded_flags(npz).get("data_source") or "").startswith(datasets.SAMPLE_SOURCE)
 
 
 def smoothed_ln(losses, window):
@@ -118,6 +143,44 @@ def smoothed_ln(losses, window):
     start = np.maximum(steps - window, 0)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.log((cumulative[steps] - cumulative[start]) / (steps - start))
+
+
+def ln_windows(losses):
+    """{key: ln of the mean loss over the window's steps that `losses` has (None if it has none)}, per `LN_WINDOWS`."""
+    return {key: float(np.log(losses[steps].mean())) if losses[steps].size else None for key, _, steps in LN_WINDOWS}
+
+
+def mean_std_cells(summaries):
+    """'mean ± std' over `summaries` (`ln_windows` of several records) per window; '–' where none has a value."""
+    cells = []
+    for key, _, _ in LN_WINDOWS:
+        values = [s[key] for s in summaries if s[key] is not None]
+        cells.append(f"{np.mean(values):.2f} ± {np.std(values):.2f}" if values else "–")
+    return cells
+
+
+def table_header():
+    return ["| optimizer | " + " | ".join(heading for _, heading, _ in LN_WINDOWS) + " | runs |",
+            "|" + "---|" * (len(LN_WINDOWS) + 2)]
+
+
+def table(series):
+    """Markdown lines: a table per problem, a row per label (`mean_std_cells` over its records of that problem)."""
+    by_problem = {}
+    for label, paths in series:
+        for path in paths:
+            losses = read_losses(path)
+            rows = by_problem.setdefault(problem_of(path), {})
+            rows.setdefault(label, []).append((losses.size, ln_windows(losses)))
+    lines = []
+    for problem, rows in by_problem.items():
+        lines += [f"## {problem}", ""] + table_header()
+        for label, records in rows.items():
+            steps = sorted({size for size, _ in records})
+            shown = f"{label} ({'/'.join(map(str, steps))} steps)"
+            lines.append(f"| {shown} | " + " | ".join(mean_std_cells([w for _, w in records])) + f" | {len(records)} |")
+        lines.append("")
+    return lines
 
 
 def curves(series, window):
@@ -186,6 +249,9 @@ def draw(panels, title="", window=1):
 
 def main(argv):
     try:
+        if FLAGS.table:
+            print("\n".join(table(parse_series(argv[1:]))))
+            return
         require_matplotlib()
         if FLAGS.check:
             return

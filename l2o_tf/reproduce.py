@@ -46,7 +46,7 @@ PARALLEL_SLOWDOWN = 1.4
 # A training's exit status when stopped: 130 when it saved (Ctrl-C or SIGTERM), or killed by the signal before its
 # handler was installed (still starting: nothing to save).
 INTERRUPTED = (130, -signal.SIGINT, -signal.SIGTERM)
-FINAL_WINDOW = 100  # the final number of a run: ln of the mean loss over its last 100 steps
+FINAL_WINDOW = 100  # tuning's final loss: the mean of the last 100 steps (as tune_baselines' --final_window)
 
 
 class ReproduceError(errors.UsageError):
@@ -502,11 +502,8 @@ class Plan:
             if not os.path.exists(path):
                 continue
             losses = plot.read_losses(path)
-            ln = lambda window: float(np.log(window.mean())) if window.size else None  # noqa: E731
             entries.append({"problem": problem, "label": label, "eval_seed": int(seed), "steps": int(losses.size),
-                            "ln_first100": ln(losses[:100]), "ln_500": ln(losses[450:550]),
-                            "ln_2000": ln(losses[1950:2050]), "ln_final": ln(losses[-FINAL_WINDOW:]),
-                            "finite": bool(np.all(np.isfinite(losses)))})
+                            **plot.ln_windows(losses), "finite": bool(np.all(np.isfinite(losses)))})
         fileio.atomic_write_bytes(os.path.join(self.runs_dir, "results.json"), json.dumps(entries, indent=1).encode())
         lines = [f"# Results of preset {self.preset}", "", "ln of the mean training loss over a window; mean ± std "
                  "over the evaluation seeds (and the training seeds, in the rows that say so); runs: how many.", ""]
@@ -514,8 +511,7 @@ class Plan:
             rows = [e for e in entries if e["problem"] == problem]
             if not rows:
                 continue
-            lines += [f"## {problem} ({rows[0]['steps']} steps)", "",
-                      "| optimizer | steps 1-100 | ~500 | ~2,000 | last 100 | runs |", "|---|---|---|---|---|---|"]
+            lines += [f"## {problem} ({rows[0]['steps']} steps)", ""] + plot.table_header()
             groups = {label: [label] for label in dict.fromkeys(e["label"] for e in rows)}
             groups.update({f"{e} (all training seeds)": [f"{e}-t{s}" for s in self.seeds_of(e)]
                            for e in self.experiments if len(self.seeds_of(e)) > 1})  # each over its training seeds
@@ -523,11 +519,7 @@ class Plan:
                 runs = [e for e in rows if e["label"] in members]
                 if not runs:
                     continue
-                cells = []
-                for key in ("ln_first100", "ln_500", "ln_2000", "ln_final"):
-                    values = [e[key] for e in runs if e[key] is not None]
-                    cells.append(f"{np.mean(values):.2f} ± {np.std(values):.2f}" if values else "–")
-                lines.append(f"| {label} | " + " | ".join(cells) + f" | {len(runs)} |")
+                lines.append(f"| {label} | " + " | ".join(plot.mean_std_cells(runs)) + f" | {len(runs)} |")
             lines.append("")
         fileio.atomic_write_bytes(os.path.join(self.runs_dir, "results.md"), "\n".join(lines).encode())
         print("\n".join(lines))

@@ -75,6 +75,42 @@ def test_records_made_on_the_embedded_sample_are_marked(tmp_path):
     assert [line[0] for line in panels["mnist"]] == ["dm" + plot.SAMPLE_MARK, "full", "sgd"]
 
 
+def test_ln_windows_are_the_logs_of_the_windows_means():
+    losses = np.random.default_rng(1).uniform(0.1, 2.0, 3000)
+    windows = plot.ln_windows(losses)
+    expected = [losses[50:150], losses[450:550], losses[1950:2050], losses[-100:]]
+    np.testing.assert_allclose([windows[key] for key, _, _ in plot.LN_WINDOWS], [np.log(w.mean()) for w in expected])
+    short = plot.ln_windows(losses[:500])   # ~500 holds steps 451-500; nothing near 2,000
+    assert np.isclose(short["ln_500"], np.log(losses[450:500].mean())) and short["ln_2000"] is None
+
+
+def test_the_table_gives_each_labels_mean_and_std_per_problem(tmp_path):
+    rng = np.random.default_rng(2)
+    seeds = [rng.uniform(0.1, 2.0, 2100) for _ in range(2)]
+    for k, losses in enumerate(seeds):
+        write_record(tmp_path / "dm" / f"seed{k}", "L2L", "mnist", losses)
+    renamed = tmp_path / "evals" / "model_e2.npz"   # a hand-named record: its problem comes from its flags
+    os.makedirs(renamed.parent)
+    fileio.atomic_save_npz(str(renamed), losses=seeds[0][:600], flags=json.dumps({"problem": "mnist_relu"}))
+    lines = plot.table(plot.parse_series([f"dm={tmp_path}/dm/*/*", f"mine={tmp_path}/evals/*"]))
+    windows = [plot.ln_windows(s) for s in seeds]
+    final = [w["ln_final"] for w in windows]
+    assert lines[0] == "## mnist" and lines[2] == "| optimizer | ~100 | ~500 | ~2,000 | last 100 | runs |"
+    row = lines[4].split(" | ")
+    assert row[0] == "| dm (2100 steps)" and row[-1] == "2 |"
+    assert row[4] == f"{np.mean(final):.2f} ± {np.std(final):.2f}"
+    assert lines[6] == "## mnist_relu"
+    mine = plot.ln_windows(seeds[0][:600])
+    assert lines[10] == (f"| mine (600 steps) | {mine['ln_100']:.2f} ± 0.00 | {mine['ln_500']:.2f} ± 0.00 | – | "
+                         f"{mine['ln_final']:.2f} ± 0.00 | 1 |")
+
+
+def test_a_renamed_record_without_its_problem_is_a_clear_error(tmp_path):
+    fileio.atomic_save_npz(str(tmp_path / "x.npz"), losses=np.ones(5))
+    with pytest.raises(plot.PlotError, match="cannot tell its problem"):
+        plot.table(plot.parse_series([f"a={tmp_path}/*"]))
+
+
 def run_plot(*args, code=None):
     script = ["-m", "l2o_tf.plot"] if code is None else ["-c", code]
     result = subprocess.run([sys.executable, *script, *args], capture_output=True, text=True, timeout=120)
@@ -121,6 +157,9 @@ def test_missing_matplotlib_is_one_line_before_any_work(tmp_path):
     code, output = run_plot("--check", code=_WITHOUT_MATPLOTLIB)
     assert code == 2 and output.startswith("error: plotting needs matplotlib")
     assert run_plot("--check")[0] == 0
+    write_record(tmp_path / "r", "L2L", "mnist", np.linspace(2.0, 0.1, 200))   # --table needs no matplotlib
+    code, output = run_plot("--table", f"dm={tmp_path}/r/*", code=_WITHOUT_MATPLOTLIB)
+    assert code == 0 and "| dm (200 steps) |" in output, output
 
 
 @pytest.mark.parametrize("args, message", [
