@@ -447,7 +447,8 @@ class Plan:
                   flush=True)
             def progress(optimizer, rate, loss):
                 print(f"   {optimizer} lr={rate:g}: final loss {loss:.4f}", flush=True)
-            results = tuning.tune(problem, optimizers, rates, seeds, steps, window, progress)
+            results = tuning.tune(problem, optimizers, rates, seeds, steps, window, progress,
+                                  resume_path=tuning.partial_path(os.path.dirname(self.tuned_json(name)), problem.name))
             tuning.save(results, problem, rates, seeds, steps, window, os.path.dirname(self.tuned_json(name)))
 
     def evaluate_problem(self, problem_name, base_problem):

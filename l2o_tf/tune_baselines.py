@@ -8,6 +8,8 @@ the seeds of the mean of the last `--final_window` recorded losses; a run that b
 chosen. Writes `<output_path>/tuned_<problem>.json` (the chosen rates and every rate's final loss) and the chosen
 rates' loss records `<output_path>/<Optimizer>/seed<k>/<Optimizer>_eval_loss_record.pickle-<problem>` (+ .npz),
 which `python -m l2o_tf.plot` reads. A guard takes the tuned rate with `--guard_learning_rate=tuned:<json>`.
+Every finished run is kept in `<output_path>/tuning_<problem>.partial.npz` until then: the same command after an
+interruption goes on where the search stopped.
 """
 from absl import flags
 
@@ -53,7 +55,8 @@ def main():
     logging.info("tuning %s on %s: %d rates x %d seeds x %d steps each", ", ".join(optimizers), problem.name,
                  len(rates), len(seeds), FLAGS.num_steps)
     results = tuning.tune(problem, optimizers, rates, seeds, FLAGS.num_steps, FLAGS.final_window,
-                          lambda name, rate, loss: logging.info("%s lr=%g: final loss %.4f", name, rate, loss))
+                          lambda name, rate, loss: logging.info("%s lr=%g: final loss %.4f", name, rate, loss),
+                          resume_path=tuning.partial_path(FLAGS.output_path, problem.name))
     path = tuning.save(results, problem, rates, seeds, FLAGS.num_steps, FLAGS.final_window, FLAGS.output_path)
     print(f"Tuned rates: {path}")
 

@@ -75,17 +75,56 @@ def final_loss(losses, window):
     return float(losses[-window:].mean()) if np.all(np.isfinite(losses)) else math.inf
 
 
-def tune(problem, names, rates, seeds, num_steps, window, on_run=None):
-    """{name: (chosen rate or None, {rate: final loss}, {seed: losses at the chosen rate})} for every name."""
+def partial_path(output_path, problem_name):
+    """Where a search on `problem_name` keeps the runs it has finished, until `save` writes its results."""
+    return os.path.join(output_path, f"tuning_{problem_name}.partial.npz")
+
+
+def _load_partial(path, settings):
+    """{(name, rate): losses [seeds, steps]} that a stopped search with these `settings` finished; {} if none."""
+    import numpy as np
+    if path is None or not os.path.exists(path):
+        return {}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if json.loads(str(data["settings"])) != settings:
+                print(f"{path} is of a search with other settings: starting afresh", flush=True)
+                return {}
+            return {(name, rate): data[f"run{i}"] for i, (name, rate) in enumerate(json.loads(str(data["runs"])))}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"{path} is unreadable ({type(e).__name__}): starting afresh", flush=True)
+        return {}
+
+
+def _save_partial(path, settings, finished):
+    import numpy as np
+    from l2o_tf import fileio
+    fileio.atomic_save_npz(path, settings=json.dumps(settings), runs=json.dumps(list(finished)),
+                           **{f"run{i}": np.asarray(losses) for i, losses in enumerate(finished.values())})
+
+
+def tune(problem, names, rates, seeds, num_steps, window, on_run=None, resume_path=None):
+    """{name: (chosen rate or None, {rate: final loss}, {seed: losses at the chosen rate})} for every name. With
+    `resume_path` (`partial_path`) every finished run is kept there, and a search stopped part way (Ctrl-C, a killed
+    process) goes on from it: a search of the conv problem takes hours."""
     from l2o_tf import evaluate
     from l2o_tf import optimizers
+    settings = {"problem": problem.name, "seeds": list(seeds), "num_steps": num_steps}
+    finished = _load_partial(resume_path, settings)
+    if finished:
+        print(f"resuming the search from {resume_path}: {len(finished)} of {len(names) * len(rates)} runs done",
+              flush=True)
     results = {}
     for name in names:
         finals, records = {}, {}
         for rate in rates:
-            rule = optimizers.get(name, rate)  # every seed in one compiled run (evaluate.evaluate_runs)
-            losses = evaluate.evaluate_runs([(problem, rule, seed) for seed in seeds], num_steps, 1).losses
-            runs = dict(zip(seeds, losses))
+            if (name, rate) not in finished:
+                rule = optimizers.get(name, rate)  # every seed in one compiled run (evaluate.evaluate_runs)
+                finished[name, rate] = evaluate.evaluate_runs([(problem, rule, seed) for seed in seeds], num_steps,
+                                                              1).losses
+                if resume_path is not None:
+                    _save_partial(resume_path, settings, finished)
+            runs = dict(zip(seeds, finished[name, rate]))
             scores = [final_loss(losses, window) for losses in runs.values()]
             finals[rate] = float(sum(scores) / len(scores))
             records[rate] = runs
@@ -121,4 +160,6 @@ def save(results, problem, rates, seeds, num_steps, window, output_path):
                  "num_steps": num_steps, "data_source": problems.data_source(problem)}))
     path = os.path.join(output_path, f"tuned_{problem_name}.json")
     fileio.atomic_write_bytes(path, json.dumps(report, indent=2).encode())
+    if os.path.exists(partial_path(output_path, problem_name)):
+        os.remove(partial_path(output_path, problem_name))  # the search is complete: nothing to resume
     return path

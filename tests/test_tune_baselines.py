@@ -33,6 +33,44 @@ def test_tune_picks_the_rate_with_the_lowest_mean_final_loss():
     assert sorted(runs) == seeds and all(len(r) == 30 for r in runs.values())
 
 
+def test_a_stopped_search_resumes_with_only_its_missing_runs(tmp_path, monkeypatch):
+    problem = problems.get("quadratic")
+    rates, seeds = [1e-3, 0.01, 0.1], [0, 1]
+    whole = tuning.tune(problem, ["SGD", "Adam"], rates, seeds, num_steps=20, window=5)
+    resume = tuning.partial_path(str(tmp_path), problem.name)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_four(name, rate, loss):
+        if (name, rate) == ("Adam", 1e-3):
+            raise Stop
+    with pytest.raises(Stop):
+        tuning.tune(problem, ["SGD", "Adam"], rates, seeds, 20, 5, stop_after_four, resume_path=resume)
+    evaluated = []
+    real = evaluate.evaluate_runs
+    monkeypatch.setattr(evaluate, "evaluate_runs", lambda runs, *a: evaluated.append(runs[0][1]) or real(runs, *a))
+    resumed = tuning.tune(problem, ["SGD", "Adam"], rates, seeds, 20, 5, resume_path=resume)
+    assert [type(rule).__name__ for rule in evaluated] == ["Adam", "Adam"]    # 4 of 6 runs were kept
+    for name in ("SGD", "Adam"):
+        assert resumed[name][:2] == whole[name][:2]   # the chosen rate and every rate's final loss, exactly
+        for seed in seeds:
+            np.testing.assert_array_equal(resumed[name][2][seed], whole[name][2][seed])
+    tuning.save(resumed, problem, rates, seeds, 20, 5, str(tmp_path))
+    assert not (tmp_path / f"tuning_{problem.name}.partial.npz").exists()   # complete: nothing left to resume
+
+
+def test_a_search_with_other_settings_does_not_resume(tmp_path, capsys):
+    problem = problems.get("quadratic")
+    resume = tuning.partial_path(str(tmp_path), problem.name)
+    tuning.tune(problem, ["SGD"], [0.01], [0], 20, 5, resume_path=resume)
+    other = tuning.tune(problem, ["SGD"], [0.01], [0], 30, 5, resume_path=resume)   # more steps: runs again
+    assert len(other["SGD"][2][0]) == 30 and "other settings: starting afresh" in capsys.readouterr().out
+    (tmp_path / f"tuning_{problem.name}.partial.npz").write_bytes(b"not an npz")
+    assert tuning.tune(problem, ["SGD"], [0.01], [0], 20, 5, resume_path=resume)["SGD"][0] == 0.01
+    assert "unreadable" in capsys.readouterr().out
+
+
 def test_flag_parsing():
     assert tuning.parse_optimizers("sgd, Adam,SGD") == ["SGD", "Adam"]
     assert tuning.parse_numbers("learning_rates", "0.1,1,0.1", float) == [0.1, 1.0]
