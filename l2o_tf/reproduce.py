@@ -4,7 +4,8 @@
 
 The plan, in order: train every experiment of `--experiments` (the entry points with `configs/<name>.flags`, the
 paper's values, then `configs/<preset>/<name>.flags`, the preset's overrides, as a subprocess each: Ctrl-C saves and
-a rerun resumes); tune the hand-designed baselines on every problem (`configs/tuned_baselines.flags`); evaluate every
+a rerun resumes); tune the hand-designed baselines on every problem (`tune_baselines` with
+`configs/tuned_baselines.flags`, a subprocess each, queued behind the trainings under `--jobs`); evaluate every
 trained optimizer, the shipped original models of `--originals`, Adam and the tuned baselines on every problem, and
 the guards around our trained L2O-DM on `--guard_problems`; collect every final number in `<runs_dir>/results.json`
 and `results.md`, and draw the figures. Finished parts are skipped, so running the same command again continues.
@@ -46,7 +47,6 @@ PARALLEL_SLOWDOWN = 1.4
 # A training's exit status when stopped: 130 when it saved (Ctrl-C or SIGTERM), or killed by the signal before its
 # handler was installed (still starting: nothing to save).
 INTERRUPTED = (130, -signal.SIGINT, -signal.SIGTERM)
-FINAL_WINDOW = 100  # tuning's final loss: the mean of the last 100 steps (as tune_baselines' --final_window)
 
 
 class ReproduceError(errors.UsageError):
@@ -100,13 +100,14 @@ def record_optimizer(what):
     return "L2L" if what[0] in ("learned", "guard") else what[1]
 
 
-class TrainingPool:
-    """Runs training subprocesses, at most `jobs` at a time.
+class JobPool:
+    """Runs the trainings' and tunings' subprocesses, at most `jobs` at a time.
 
     One job at a time shows each child's output and leaves TensorFlow its default threads. With several, each child
     writes to its log file and gets an equal share of the CPU cores (pinned where the OS allows, with that many
     TensorFlow threads): small models like these train faster as several one-thread processes than as one process
-    using every core (bench/README.md, "Trainings in parallel"). Ctrl-C reaches the children from the terminal (each
+    using every core (bench/README.md, "Trainings in parallel"), and a tuning fills a core that the last trainings
+    leave idle. Ctrl-C reaches the children from the terminal (each
     saves and exits 130) and must not kill them from here; SIGTERM is passed on to them, which save too."""
 
     def __init__(self, jobs, cores=None):
@@ -253,8 +254,18 @@ class Plan:
         return os.path.join(self.runs_dir, "eval", problem, label, f"seed{seed}",
                             f"{optimizer}_eval_loss_record.pickle-{problem}.npz")
 
+    def tuning_dir(self, problem):
+        return os.path.join(self.runs_dir, "tune", problem)
+
     def tuned_json(self, problem):
-        return os.path.join(self.runs_dir, "tune", problem, f"tuned_{problem}.json")
+        return os.path.join(self.tuning_dir(problem), f"tuned_{problem}.json")
+
+    def tuning_command(self, problem):
+        """`tune_baselines` with the configured search, for as many steps as the problem's evaluations."""
+        return ([sys.executable, "-m", "l2o_tf.tune_baselines"]
+                + [f"--flagfile={p}" for p in self.flagfiles("tuned_baselines")]
+                + [f"--problem={problem}", f"--num_steps={self.tuning_steps(problem)}",
+                   f"--output_path={self.tuning_dir(problem)}"] + self.data_arguments())
 
     def check(self):
         from l2o_tf import models
@@ -367,8 +378,8 @@ class Plan:
                 print(("[done] " if done else "") + " ".join(self.training_command(experiment, seed)))
         if self.tune:
             for problem in self.problems:
-                print(("[done] " if os.path.exists(self.tuned_json(problem)) else "") + f"tune {problem}: "
-                      f"{' '.join(self.flagfiles('tuned_baselines'))}, {self.tuning_steps(problem)} steps")
+                print(("[done] " if os.path.exists(self.tuned_json(problem)) else "")
+                      + " ".join(self.tuning_command(problem)))
         for problem, label, seed, what in self.evaluations():
             done = os.path.exists(self.record_path(problem, label, seed, record_optimizer(what)))
             print(("[done] " if done else "") + f"evaluate {label} on {problem}, seed {seed}, "
@@ -388,68 +399,53 @@ class Plan:
         """Where a training's output goes when several run at once (--jobs)."""
         return os.path.join(self.training_dir(experiment, seed), "train.log")
 
-    def train_all(self):
-        """Every training not finished yet, `--jobs` at a time, in plan order; each finished one gets DONE.json."""
+    def train_and_tune(self):
+        """Every training, then (with --tune) every problem's tuning, not finished yet, `--jobs` at a time in plan
+        order; each finished training gets DONE.json, a tuning writes its `tuned_<problem>.json` itself."""
         from l2o_tf import fileio
-        pending = [(e, s) for e in self.experiments for s in self.seeds_of(e) if not os.path.exists(
-            self.done_marker(e, s))]
-        jobs = [((e, s), self.training_command(e, s), self.training_log(e, s)) for e, s in pending]
-        pool = TrainingPool(self.jobs)
+        jobs = [(("train", e, s), self.training_command(e, s), self.training_log(e, s)) for e in self.experiments
+                for s in self.seeds_of(e) if not os.path.exists(self.done_marker(e, s))]
+        if self.tune:
+            jobs += [(("tune", p), self.tuning_command(p), os.path.join(self.tuning_dir(p), "tune.log"))
+                     for p in self.problems if not os.path.exists(self.tuned_json(p))]
+        pool = JobPool(self.jobs)
+        named = {job: (f"training {job[1]} (seed {job[2]})" if job[0] == "train" else f"tuning {job[1]}", log)
+                 for job, _, log in jobs}
 
         def started(job, slot):
-            experiment, seed = job
-            command = " ".join(self.training_command(experiment, seed))
+            command = " ".join(next(c for j, c, _ in jobs if j == job))
             if pool.jobs == 1:
-                print(f"== train {experiment} (seed {seed}): {command}", flush=True)
+                print(f"== {named[job][0]}: {command}", flush=True)
             else:
-                print(f"== {time.strftime('%H:%M')} train {experiment} (seed {seed}) on core(s) "
-                      f"{','.join(map(str, pool.slot_cores(slot)))}: {command}\n   its output: "
-                      f"{self.training_log(experiment, seed)}", flush=True)
+                print(f"== {time.strftime('%H:%M')} {named[job][0]} on core(s) "
+                      f"{','.join(map(str, pool.slot_cores(slot)))}: {command}\n   its output: {named[job][1]}",
+                      flush=True)
 
         def ended(job, status, seconds):
-            experiment, seed = job
             if pool.jobs > 1:
                 outcome = ("finished" if status == 0 else "interrupted" if status in INTERRUPTED
                            else f"failed (exit status {status})")
-                print(f"== {time.strftime('%H:%M')} train {experiment} (seed {seed}) {outcome} after "
+                print(f"== {time.strftime('%H:%M')} {named[job][0]} {outcome} after "
                       f"{names.format_duration(seconds)}", flush=True)
-            if status == 0:
-                fileio.atomic_write_bytes(self.done_marker(experiment, seed), json.dumps(
-                    {"command": self.training_command(experiment, seed), "wall_seconds": seconds}).encode())
+            if status == 0 and job[0] == "train":
+                fileio.atomic_write_bytes(self.done_marker(job[1], job[2]), json.dumps(
+                    {"command": self.training_command(job[1], job[2]), "wall_seconds": seconds}).encode())
 
         statuses = pool.run(jobs, started, ended)
         failed = [(job, status) for (job, _, _), status in zip(jobs, statuses)
                   if status not in (None, 0) + INTERRUPTED]
         if failed:
-            (experiment, seed), status = failed[0]
-            where = ("its output is above" if pool.jobs == 1 else f"its output is in {self.training_log(experiment, seed)}")
-            raise ReproduceError(f"training {experiment} (seed {seed}) failed with exit status {status}; {where}, "
-                                 f"its directory {self.training_dir(experiment, seed)}")
-        stopped = [f"{e} (seed {s})" for ((e, s), _, _), status in zip(jobs, statuses) if status in INTERRUPTED]
+            job, status = failed[0]
+            where = "its output is above" if pool.jobs == 1 else f"its output is in {named[job][1]}"
+            directory = self.training_dir(job[1], job[2]) if job[0] == "train" else self.tuning_dir(job[1])
+            raise ReproduceError(f"{named[job][0]} failed with exit status {status}; {where}, its directory {directory}")
+        stopped = [named[job][0] for (job, _, _), status in zip(jobs, statuses) if status in INTERRUPTED]
         waiting = sum(status is None for status in statuses)
         if stopped or waiting:
-            said = (f"{'trainings' if len(stopped) > 1 else 'training'} {', '.join(stopped)} "
-                    f"{'were' if len(stopped) > 1 else 'was'} interrupted" if stopped else "interrupted")
+            said = f"{', '.join(stopped)} {'were' if len(stopped) > 1 else 'was'} interrupted" if stopped \
+                else "interrupted"
             later = f" ({waiting} more not started)" if waiting else ""
             raise errors.Interrupted(f"{said}{later}; run the same command again to resume")
-
-    def tune_all(self, problems):
-        settings = self.merged_flags("tuned_baselines")
-        optimizers = tuning.parse_optimizers(settings.get("optimizers", ",".join(names.BASELINES)))
-        rates = tuning.parse_numbers("learning_rates", settings.get("learning_rates", tuning.DEFAULT_RATES), float)
-        seeds = tuning.parse_numbers("seeds", settings.get("seeds", "0"), int)
-        window = int(settings.get("final_window", FINAL_WINDOW))
-        for name, problem in problems.items():
-            if os.path.exists(self.tuned_json(name)):
-                continue
-            steps = self.tuning_steps(name)
-            print(f"== tune {', '.join(optimizers)} on {name}: {len(rates)} rates x {len(seeds)} seeds x {steps} steps",
-                  flush=True)
-            def progress(optimizer, rate, loss):
-                print(f"   {optimizer} lr={rate:g}: final loss {loss:.4f}", flush=True)
-            results = tuning.tune(problem, optimizers, rates, seeds, steps, window, progress,
-                                  resume_path=tuning.partial_path(os.path.dirname(self.tuned_json(name)), problem.name))
-            tuning.save(results, problem, rates, seeds, steps, window, os.path.dirname(self.tuned_json(name)))
 
     def evaluate_problem(self, problem_name, base_problem):
         """Every evaluation of the plan on one problem, the seeds of each optimizer in one compiled run
@@ -552,14 +548,12 @@ class Plan:
         plot.require_matplotlib()  # fail now, not hours from now
         self.announce_expected_time()
         start = time.time()
-        self.train_all()
+        self.train_and_tune()
         from l2o_tf import problems as problem_module
         problems = {name: problem_module.get(name, mode="test", data_dir=self.data_dir, download=self.download)
                     for name in self.problems}
         try:
             for name, problem in problems.items():  # a problem at a time, so that results come problem by problem
-                if self.tune:
-                    self.tune_all({name: problem})
                 self.evaluate_problem(name, problem)
         except KeyboardInterrupt:
             raise errors.Interrupted("interrupted; run the same command again to continue (every finished tuning "

@@ -62,8 +62,12 @@ def test_dry_run_lists_the_plan_and_what_is_done(tmp_path, new_user_env):
                            report_tensorflow=True)
     assert code == 0, out
     lines = out.splitlines()
-    training = [line for line in lines if " -m l2o" in line]
+    training = [line for line in lines if " -m l2o" in line and "tune_baselines" not in line]
     assert len(training) == 8
+    tuning = [line for line in lines if " -m l2o_tf.tune_baselines " in line]
+    assert len(tuning) == 4 and tuning[0].endswith(
+        f"--flagfile={CONFIGS}/tuned_baselines.flags --flagfile={CONFIGS}/short/tuned_baselines.flags "
+        f"--problem=mnist --num_steps=2000 --output_path={runs}/tune/mnist")
     assert any(f"--flagfile={CONFIGS}/dm_cl_il.flags --flagfile={CONFIGS}/short/dm_cl_il.flags "
                f"--save_path={runs}/train/dm_cl_il/seed1 --seed=1" in line for line in training)
     assert any(f"l2o_scale.metarun --flagfile={CONFIGS}/scale.flags" in line and f"--train_dir={runs}" in line
@@ -256,12 +260,14 @@ def child(tmp_path, name, seconds=0.0, status=0):
 
 
 def log_of(tmp_path, name):
-    return json.loads((tmp_path / name / "train.log").read_text().splitlines()[-1])
+    """The child's last line in its log: `<name>/train.log`, or a tuning's `<name>/tune.log`."""
+    log = tmp_path / name / "train.log"
+    return json.loads((log if log.exists() else tmp_path / name / "tune.log").read_text().splitlines()[-1])
 
 
-def test_training_pool_runs_jobs_at_once_each_on_its_share_of_the_cores(tmp_path):
+def test_job_pool_runs_jobs_at_once_each_on_its_share_of_the_cores(tmp_path):
     from l2o_tf import reproduce
-    pool = reproduce.TrainingPool(2)
+    pool = reproduce.JobPool(2)
     events = []
     statuses = pool.run([child(tmp_path, n, 1.0) for n in "abc"], lambda name, slot: events.append(("start", name, slot)),
                         lambda name, status, seconds: events.append(("end", name, status)))
@@ -280,33 +286,56 @@ def test_training_pool_runs_jobs_at_once_each_on_its_share_of_the_cores(tmp_path
             assert not set(runs["a"]["cores"]) & set(runs["b"]["cores"])  # separate cores
 
 
-def test_training_pool_slots_share_out_the_cores():
+def test_job_pool_slots_share_out_the_cores():
     from l2o_tf import reproduce
-    assert [reproduce.TrainingPool(2, cores=[4, 5, 6, 7]).slot_cores(s) for s in (0, 1)] == [[4, 5], [6, 7]]
-    assert [reproduce.TrainingPool(3, cores=[0, 1]).slot_cores(s) for s in (0, 1, 2)] == [[0], [1], [0]]
-    assert reproduce.TrainingPool(1, cores=[0, 1]).threads == 2
+    assert [reproduce.JobPool(2, cores=[4, 5, 6, 7]).slot_cores(s) for s in (0, 1)] == [[4, 5], [6, 7]]
+    assert [reproduce.JobPool(3, cores=[0, 1]).slot_cores(s) for s in (0, 1, 2)] == [[0], [1], [0]]
+    assert reproduce.JobPool(1, cores=[0, 1]).threads == 2
 
 
 def test_a_failed_training_stops_the_pool(tmp_path):
     """After a failure no new training starts and the running ones are asked to save (SIGINT)."""
     from l2o_tf import reproduce
-    statuses = reproduce.TrainingPool(2).run([child(tmp_path, "fails", 3, 3), child(tmp_path, "long", 60),
+    statuses = reproduce.JobPool(2).run([child(tmp_path, "fails", 3, 3), child(tmp_path, "long", 60),
                                               child(tmp_path, "never")])
     assert statuses == [3, 130, None]
     assert log_of(tmp_path, "long") == {"name": "long", "interrupted": True}
     assert not (tmp_path / "never").exists()
 
 
-def test_train_all_with_jobs_marks_the_finished_and_names_the_failed(tmp_path, monkeypatch):
+def test_train_and_tune_with_jobs_marks_the_finished_and_names_the_failed(tmp_path, monkeypatch):
     from l2o_tf import reproduce
     plan = reproduce.Plan(preset="smoke", runs_dir=str(tmp_path), experiments=["dm", "rnnprop"], jobs=2,
-                          configs_dir=CONFIGS)
+                          configs_dir=CONFIGS, tune=False)
     outcome = {"dm": 0, "rnnprop": 4}
     monkeypatch.setattr(plan, "training_command", lambda e, s: child(tmp_path, e, 0.2, outcome[e])[1])
     with pytest.raises(reproduce.ReproduceError, match=r"training rnnprop \(seed 1\) failed with exit status 4; "
                        "its output is in .*rnnprop/seed1/train.log"):
-        plan.train_all()
+        plan.train_and_tune()
     done = json.loads((tmp_path / "train" / "dm" / "seed1" / "DONE.json").read_text())
     assert done["wall_seconds"] > 0.2
     assert not (tmp_path / "train" / "rnnprop" / "seed1" / "DONE.json").exists()
     assert log_of(tmp_path / "train" / "rnnprop", "seed1")["name"] == "rnnprop"
+
+
+def test_tunings_run_in_the_pool_after_the_trainings(tmp_path, monkeypatch, capsys):
+    """A problem's tuning is a job of the pool, queued behind the trainings: it takes the core the last training
+    leaves idle. Its command is tune_baselines with the configured search, the problem's steps and its directory."""
+    from l2o_tf import reproduce
+    plan = reproduce.Plan(preset="smoke", runs_dir=str(tmp_path), experiments=["dm"], jobs=2, configs_dir=CONFIGS,
+                          problems=["mnist", "mnist_conv"], eval_steps=300, conv_eval_steps=200)
+    command = plan.tuning_command("mnist_conv")
+    assert command[1:3] == ["-m", "l2o_tf.tune_baselines"]
+    assert command[3:] == [f"--flagfile={p}" for p in plan.flagfiles("tuned_baselines")] + [
+        "--problem=mnist_conv", "--num_steps=50", f"--output_path={tmp_path}/tune/mnist_conv"]
+    started = []
+    monkeypatch.setattr(plan, "training_command", lambda e, s: child(tmp_path, e, 1.0)[1])
+    monkeypatch.setattr(plan, "tuning_command", lambda p: child(tmp_path, p, 0.2)[1])
+    os.makedirs(tmp_path / "tune" / "mnist")
+    (tmp_path / "tune" / "mnist" / "tuned_mnist.json").write_text("{}")   # tuned already: not run again
+    plan.train_and_tune()
+    out = capsys.readouterr().out
+    assert out.index("training dm (seed 1) on core(s)") < out.index("tuning mnist_conv on core(s)")
+    assert "tuning mnist " not in out
+    training, tuning = log_of(tmp_path / "train" / "dm", "seed1"), log_of(tmp_path / "tune", "mnist_conv")
+    assert tuning["name"] == "mnist_conv" and tuning["start"] < training["end"]   # beside the training
