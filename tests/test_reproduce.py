@@ -169,6 +169,62 @@ def test_a_tiny_reproduction_end_to_end_and_its_rerun(tmp_path, new_user_env):
     assert (runs / "results.md").read_bytes() == table
 
 
+def test_evaluations_split_into_shares_that_cover_the_plan_once(tmp_path):
+    """Shares are counted over the whole plan: disjoint, together every pending evaluation, and unchanged by what
+    another share has finished meanwhile."""
+    from l2o_tf import reproduce
+    plan = reproduce.Plan(preset="short", runs_dir=str(tmp_path), experiments=["dm"], originals=["dm", "rnnprop"],
+                          problems=["mnist", "mnist_relu"], eval_seeds=[2, 3], tune=False, configs_dir=CONFIGS)
+    everything = plan.pending_evaluations()
+    assert len(everything) == 2 * 4 and all(seeds == [2, 3] for *_, seeds in everything)
+    shares = [plan.pending_evaluations((k, 3)) for k in (1, 2, 3)]
+    assert sorted(sum(shares, []), key=everything.index) == everything
+    first = shares[0][0]
+    record = plan.record_path(first[0], first[1], 2, reproduce.record_optimizer(first[2]))
+    os.makedirs(os.path.dirname(record))
+    open(record, "wb").close()   # share 1 has finished seed 2 of its first evaluation
+    assert plan.pending_evaluations((2, 3)) == shares[1]
+    assert plan.pending_evaluations((1, 3))[0][3] == [3]
+
+
+@pytest.mark.parametrize("share", ["0/2", "3/2", "1", "a/b"])
+def test_a_bad_evaluation_share_is_a_one_line_error(share, new_user_env):
+    code, out = run_module("l2o_tf.reproduce", new_user_env, "--preset=smoke", f"--evaluation_share={share}",
+                           "--dry_run", report_tensorflow=True)
+    assert code == 2 and "--evaluation_share: expected k/n with 1 <= k <= n" in out
+    assert "tensorflow imported: False" in out
+
+
+def test_evaluations_under_jobs_run_as_shares_with_the_plans_own_settings(tmp_path, new_user_env):
+    """--jobs=2: the pending evaluations run as two processes (each this plan's command with --evaluation_share);
+    their records are those of one process evaluating everything."""
+    from l2o_tf import reproduce
+    flags = ["--preset=smoke", f"--configs_dir={CONFIGS}", "--experiments=", "--originals=dm_cl_il",
+             "--problems=mnist", "--eval_steps=20", "--eval_seeds=2,3", "--tune=false"]
+    shared, single = tmp_path / "shared", tmp_path / "single"
+    code, out = run_module("l2o_tf.reproduce", new_user_env, *flags, f"--runs_dir={shared}", "--jobs=2", timeout=600)
+    assert code == 0, out[-3000:]
+    assert "evaluate: 2 optimizers' runs in 2 processes" in out
+    assert "evaluation share 1/2 finished" in out and "evaluation share 2/2 finished" in out
+    logs = [(shared / "eval" / f"share{k}.log").read_text() for k in (1, 2)]
+    assert "== evaluate original-dm_cl_il on mnist, seeds 2, 3" in logs[0] and "== evaluate Adam on mnist" in logs[1]
+    code, out = run_module("l2o_tf.reproduce", new_user_env, *flags, f"--runs_dir={single}", timeout=600)
+    assert code == 0, out[-3000:]
+    for label, optimizer in (("original-dm_cl_il", "L2L"), ("Adam", "Adam")):
+        for seed in (2, 3):
+            name = f"{label}/seed{seed}/{optimizer}_eval_loss_record.pickle-mnist.npz"
+            with np.load(shared / "eval" / "mnist" / name) as a, np.load(single / "eval" / "mnist" / name) as b:
+                np.testing.assert_allclose(a["losses"], b["losses"], rtol=1e-4)   # one thread against several
+    plan = reproduce.Plan(preset="smoke", runs_dir=str(shared), jobs=2, originals=["dm_cl_il"], eval_steps=20,
+                          eval_seeds=["2", "3"], tune=False, configs_dir=str(CONFIGS), experiment_seeds=["dm:1,2"])
+    command = plan.share_command(1, 2)
+    assert command[3:] == ["--preset=smoke", f"--runs_dir={shared}", f"--configs_dir={CONFIGS}", "--experiments=",
+                           "--train_seeds=1", "--originals=dm_cl_il", "--problems=mnist", "--eval_steps=20",
+                           "--eval_seeds=2,3", "--adam_learning_rate=0.01", "--tune=false", "--guard_problems=",
+                           "--experiment_seeds=dm:1,2", "--snapshot_epochs=", "--snapshot_problems=",
+                           "--download=false", "--allow_embedded_sample=false", "--evaluation_share=1/2"]
+
+
 def test_ctrl_c_during_training_saves_and_says_how_to_resume(tmp_path, new_user_env):
     """Ctrl-C (SIGINT to the terminal's process group) reaches the training child, which saves; the driver waits for
     it, then exits 130 with the resume line instead of killing it."""
