@@ -42,7 +42,8 @@ SECONDS_PER_UNROLL = {"l2o_tf.train_dm": 0.31, "l2o_tf.train_rnnprop": 0.33, "l2
 SECONDS_PER_EVAL_STEP = {"mlp": 0.004, "conv": 0.03}
 START_SECONDS = {"training": 20, "evaluation": 4}  # a training process's start-up, an evaluation's tracing
 # With --jobs=2 on the 2 cores each one-thread training takes this much longer than it does alone with both (bench/
-# README.md, "Trainings in parallel"); the trainings' time is divided by --jobs and multiplied by this.
+# README.md, "Trainings in parallel"); the trainings' time is divided by --jobs and multiplied by this, and so is the
+# evaluations' (which gain more: "Evaluations in parallel").
 PARALLEL_SLOWDOWN = 1.4
 # A training's exit status when stopped: 130 when it saved (Ctrl-C or SIGTERM), or killed by the signal before its
 # handler was installed (still starting: nothing to save).
@@ -359,10 +360,10 @@ class Plan:
         """(training, evaluation) seconds the plan should take on a 2-core CPU like ours, done parts included."""
         training = sum((START_SECONDS["training"] + self.planned_unrolls(e)[0] * SECONDS_PER_UNROLL[EXPERIMENTS[e][0]])
                        * len(self.seeds_of(e)) for e in self.experiments)
-        if self.jobs > 1:
-            training *= PARALLEL_SLOWDOWN / self.jobs
         evaluation = sum(START_SECONDS["evaluation"] + self.steps_on(problem) * SECONDS_PER_EVAL_STEP[
             "conv" if problem in names.CONVOLUTIONAL_PROBLEMS else "mlp"] for problem, *_ in self.evaluations())
+        if self.jobs > 1:  # evaluations in parallel gain at least as much (bench/README.md): the same estimate
+            training, evaluation = (t * PARALLEL_SLOWDOWN / self.jobs for t in (training, evaluation))
         return training, evaluation
 
     def announce_expected_time(self):

@@ -187,6 +187,16 @@ def test_evaluations_split_into_shares_that_cover_the_plan_once(tmp_path):
     assert plan.pending_evaluations((1, 3))[0][3] == [3]
 
 
+def test_the_expected_time_counts_the_jobs_for_training_and_evaluation():
+    from l2o_tf import reproduce
+    settings = dict(preset="short", experiments=["dm", "rnnprop"], problems=["mnist", "mnist_conv"],
+                    eval_seeds=[2, 3], configs_dir=CONFIGS)
+    alone = reproduce.Plan(**settings).expected_seconds()
+    shared = reproduce.Plan(jobs=2, **settings).expected_seconds()
+    assert alone[0] > 0 and alone[1] > 0
+    assert shared == pytest.approx([t * reproduce.PARALLEL_SLOWDOWN / 2 for t in alone])
+
+
 @pytest.mark.parametrize("share", ["0/2", "3/2", "1", "a/b"])
 def test_a_bad_evaluation_share_is_a_one_line_error(share, new_user_env):
     code, out = run_module("l2o_tf.reproduce", new_user_env, "--preset=smoke", f"--evaluation_share={share}",
