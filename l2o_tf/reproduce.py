@@ -356,12 +356,17 @@ class Plan:
             total, epochs = total + stage_epochs * steps // unroll, epochs - stage_epochs
         return total, True
 
-    def expected_seconds(self):
-        """(training, evaluation) seconds the plan should take on a 2-core CPU like ours, done parts included."""
-        training = sum((START_SECONDS["training"] + self.planned_unrolls(e)[0] * SECONDS_PER_UNROLL[EXPERIMENTS[e][0]])
-                       * len(self.seeds_of(e)) for e in self.experiments)
+    def expected_seconds(self, left=False):
+        """(training, evaluation) seconds the plan should take on a 2-core CPU like ours: all of it, or with `left`
+        what is not done yet (a training counts whole until it has finished)."""
+        trainings = [e for e in self.experiments for s in self.seeds_of(e)
+                     if not (left and os.path.exists(self.done_marker(e, s)))]
+        training = sum(START_SECONDS["training"] + self.planned_unrolls(e)[0] * SECONDS_PER_UNROLL[EXPERIMENTS[e][0]]
+                       for e in trainings)
         evaluation = sum(START_SECONDS["evaluation"] + self.steps_on(problem) * SECONDS_PER_EVAL_STEP[
-            "conv" if problem in names.CONVOLUTIONAL_PROBLEMS else "mlp"] for problem, *_ in self.evaluations())
+            "conv" if problem in names.CONVOLUTIONAL_PROBLEMS else "mlp"] for problem, label, seed, what in
+            self.evaluations() if not (left and os.path.exists(self.record_path(problem, label, seed,
+                                                                                 record_optimizer(what)))))
         if self.jobs > 1:  # evaluations in parallel gain at least as much (bench/README.md): the same estimate
             training, evaluation = (t * PARALLEL_SLOWDOWN / self.jobs for t in (training, evaluation))
         return training, evaluation
@@ -369,10 +374,12 @@ class Plan:
     def announce_expected_time(self):
         training, evaluation = self.expected_seconds()
         lower_bound = any(self.planned_unrolls(e)[1] for e in self.experiments)
-        print(f"preset {self.preset}: expected {'at least ' if lower_bound else ''}"
-              f"{names.format_duration(training + evaluation)} on a 2-core CPU like ours (training "
-              f"{names.format_duration(training)}, evaluation {names.format_duration(evaluation)}; tuning not counted)",
-              flush=True)
+        left = sum(self.expected_seconds(left=True))
+        bound = "at least " if lower_bound else ""
+        done = f"; left: {bound}{names.format_duration(left)}" if left < training + evaluation else ""
+        print(f"preset {self.preset}: expected {bound}{names.format_duration(training + evaluation)} on a 2-core CPU "
+              f"like ours (training {names.format_duration(training)}, evaluation {names.format_duration(evaluation)}"
+              f"; tuning not counted){done}", flush=True)
 
     def print_plan(self):
         self.announce_expected_time()

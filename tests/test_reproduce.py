@@ -197,6 +197,24 @@ def test_the_expected_time_counts_the_jobs_for_training_and_evaluation():
     assert shared == pytest.approx([t * reproduce.PARALLEL_SLOWDOWN / 2 for t in alone])
 
 
+def test_the_expected_time_left_leaves_out_what_is_done(tmp_path):
+    from l2o_tf import reproduce
+    plan = reproduce.Plan(preset="short", runs_dir=str(tmp_path), experiments=["dm", "rnnprop"], problems=["mnist"],
+                          eval_seeds=[2, 3], configs_dir=CONFIGS, tune=False)
+    assert plan.expected_seconds(left=True) == plan.expected_seconds()
+    os.makedirs(tmp_path / "train" / "dm" / "seed1")
+    (tmp_path / "train" / "dm" / "seed1" / "DONE.json").write_text("{}")
+    record = plan.record_path("mnist", "Adam", "2", "Adam")
+    os.makedirs(os.path.dirname(record))
+    open(record, "wb").close()
+    without_dm = reproduce.Plan(preset="short", runs_dir=str(tmp_path / "x"), experiments=["rnnprop"],
+                                problems=["mnist"], eval_seeds=[2, 3], configs_dir=CONFIGS, tune=False)
+    training, evaluation = plan.expected_seconds(left=True)
+    assert training == pytest.approx(without_dm.expected_seconds()[0])
+    one_evaluation = reproduce.START_SECONDS["evaluation"] + 10000 * reproduce.SECONDS_PER_EVAL_STEP["mlp"]
+    assert evaluation == pytest.approx(plan.expected_seconds()[1] - one_evaluation)
+
+
 @pytest.mark.parametrize("share", ["0/2", "3/2", "1", "a/b"])
 def test_a_bad_evaluation_share_is_a_one_line_error(share, new_user_env):
     code, out = run_module("l2o_tf.reproduce", new_user_env, "--preset=smoke", f"--evaluation_share={share}",
