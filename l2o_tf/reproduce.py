@@ -104,14 +104,14 @@ def record_optimizer(what):
 
 
 class JobPool:
-    """Runs the trainings' and tunings' subprocesses, at most `jobs` at a time.
+    """Runs subprocesses (trainings, tunings, evaluation shares), at most `jobs` at a time.
 
     One job at a time shows each child's output and leaves TensorFlow its default threads. With several, each child
     writes to its log file and gets an equal share of the CPU cores (pinned where the OS allows, with that many
-    TensorFlow threads): small models like these train faster as several one-thread processes than as one process
-    using every core (bench/README.md, "Trainings in parallel"), and a tuning fills a core that the last trainings
-    leave idle. Ctrl-C reaches the children from the terminal (each
-    saves and exits 130) and must not kill them from here; SIGTERM is passed on to them, which save too."""
+    TensorFlow threads): small models like these train and evaluate faster as several one-thread processes than as
+    one process using every core (bench/README.md, "Trainings in parallel", "Evaluations in parallel"). Ctrl-C
+    reaches the children from the terminal (a training saves and exits 130) and must not kill them from here;
+    SIGTERM is passed on to them, on which a training saves too."""
 
     def __init__(self, jobs, cores=None):
         self.jobs = max(1, int(jobs))
@@ -497,7 +497,7 @@ class Plan:
             f"== {time.strftime('%H:%M')} evaluation share {share[0]}/{share[1]} "
             f"{'finished' if status == 0 else 'interrupted' if status in INTERRUPTED else f'failed ({status})'} "
             f"after {names.format_duration(seconds)}", flush=True))
-        failed = [(share, status) for (share, _, log), status in zip(jobs, statuses)
+        failed = [(share, status) for (share, _, _), status in zip(jobs, statuses)
                   if status not in (None, 0) + INTERRUPTED]
         if failed:
             (k, n), status = failed[0]
@@ -509,7 +509,7 @@ class Plan:
     def share_command(self, k, n):
         """This plan's run_all.sh command that runs only the k-th of n shares of the pending evaluations."""
         arguments = []
-        for name, default in self.DEFAULTS.items():
+        for name in self.DEFAULTS:
             value = getattr(self, name)
             if name in ("jobs", "report", "dry_run", "evaluation_share") or value is None:
                 continue
