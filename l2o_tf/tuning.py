@@ -109,11 +109,13 @@ def tune(problem, names, rates, seeds, num_steps, window, on_run=None, resume_pa
     process) goes on from it: a search of the conv problem takes hours."""
     from l2o_tf import evaluate
     from l2o_tf import optimizers
-    settings = {"problem": problem.name, "seeds": list(seeds), "num_steps": num_steps}
+    from l2o_tf import problems
+    settings = {"problem": problem.name, "data_source": problems.data_source(problem), "seeds": list(seeds),
+                "num_steps": num_steps}
     finished = _load_partial(resume_path, settings)
-    if finished:
-        print(f"resuming the search from {resume_path}: {len(finished)} of {len(names) * len(rates)} runs done",
-              flush=True)
+    done = sum((name, rate) in finished for name in names for rate in rates)
+    if done:
+        print(f"resuming the search from {resume_path}: {done} of {len(names) * len(rates)} runs done", flush=True)
     results = {}
     for name in names:
         finals, records = {}, {}
