@@ -136,9 +136,9 @@ class JobPool:
             return subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=environment,
                                     preexec_fn=pin)
 
-    def run(self, jobs, started=None, ended=None):
+    def run(self, jobs, started=None, ended=None, waiting_on=None):
         """Run `jobs`, [(name, command, log file)], in order; `started(name, slot)` and `ended(name, status,
-        seconds)` are called as they go. After an interruption or a failure no new job starts, and after a failure
+        seconds)` are called as they go, and `waiting_on()` every half second while they run. After an interruption or a failure no new job starts, and after a failure
         the running ones are asked to save and stop (SIGINT); returns the exit statuses, None for jobs never
         started."""
         statuses = [None] * len(jobs)
@@ -159,7 +159,7 @@ class JobPool:
                         started(name, slot)
                 if not running:
                     break
-                slot, (index, process, start) = self._wait_any(running)
+                slot, (index, process, start) = self._wait_any(running, waiting_on)
                 del running[slot]
                 statuses[index] = process.returncode
                 if ended:
@@ -173,9 +173,9 @@ class JobPool:
         return statuses
 
     @staticmethod
-    def _wait_any(running):
+    def _wait_any(running, waiting_on=None):
         """The first of the running processes to end: (slot, (job index, process, start time))."""
-        if len(running) == 1:
+        if len(running) == 1 and waiting_on is None:
             (slot, entry), = running.items()
             entry[1].wait()
             return slot, entry
@@ -183,7 +183,32 @@ class JobPool:
             for slot, entry in running.items():
                 if entry[1].poll() is not None:
                     return slot, entry
+            if waiting_on is not None:
+                waiting_on()
             time.sleep(0.5)
+
+
+class EvaluationProgress:
+    """While the evaluation processes run: a line with the records written so far and the time left at that pace,
+    every `every` seconds when the count has changed (their own progress is in their logs)."""
+
+    def __init__(self, plan, every=300.0):
+        self.plan, self.every = plan, every
+        self.start, self.last = time.time(), time.time()
+        self.left_at_start = plan.records_to_write()
+        self.reported = self.left_at_start
+
+    def __call__(self):
+        if time.time() - self.last < self.every:
+            return
+        self.last = time.time()
+        left = self.plan.records_to_write()
+        if left != self.reported:
+            self.reported = left
+            written = self.left_at_start - left
+            eta = (time.time() - self.start) / written * left
+            print(f"== {time.strftime('%H:%M')} evaluations: {written} of {self.left_at_start} records written, "
+                  f"about {names.format_duration(eta)} left", flush=True)
 
 
 class Plan:
@@ -496,7 +521,7 @@ class Plan:
         statuses = pool.run(jobs, ended=lambda share, status, seconds: print(
             f"== {time.strftime('%H:%M')} evaluation share {share[0]}/{share[1]} "
             f"{'finished' if status == 0 else 'interrupted' if status in INTERRUPTED else f'failed ({status})'} "
-            f"after {names.format_duration(seconds)}", flush=True))
+            f"after {names.format_duration(seconds)}", flush=True), waiting_on=EvaluationProgress(self))
         failed = [(share, status) for (share, _, _), status in zip(jobs, statuses)
                   if status not in (None, 0) + INTERRUPTED]
         if failed:
@@ -505,6 +530,11 @@ class Plan:
                                  f"{os.path.join(self.runs_dir, 'eval', f'share{k}.log')}")
         if any(status != 0 for status in statuses):
             raise errors.Interrupted(EVALUATION_INTERRUPTED)
+
+    def records_to_write(self):
+        """How many evaluation records (one per optimizer, problem and seed) the plan still lacks."""
+        return sum(not os.path.exists(self.record_path(problem, label, seed, record_optimizer(what)))
+                   for problem, label, seed, what in self.evaluations())
 
     def share_command(self, k, n):
         """This plan's run_all.sh command that runs only the k-th of n shares of the pending evaluations."""

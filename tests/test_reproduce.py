@@ -5,6 +5,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -213,6 +214,35 @@ def test_the_expected_time_left_leaves_out_what_is_done(tmp_path):
     assert training == pytest.approx(without_dm.expected_seconds()[0])
     one_evaluation = reproduce.START_SECONDS["evaluation"] + 10000 * reproduce.SECONDS_PER_EVAL_STEP["mlp"]
     assert evaluation == pytest.approx(plan.expected_seconds()[1] - one_evaluation)
+
+
+def test_evaluation_progress_counts_the_records_and_estimates_the_rest(tmp_path, capsys, monkeypatch):
+    from l2o_tf import reproduce
+    plan = reproduce.Plan(preset="short", runs_dir=str(tmp_path), originals=["dm"], problems=["mnist"],
+                          eval_seeds=[2, 3], tune=False, configs_dir=CONFIGS)
+    assert plan.records_to_write() == 4   # dm and Adam, two seeds each
+    clock = [1000.0]
+    monkeypatch.setattr(reproduce.time, "time", lambda: clock[0])
+    progress = reproduce.EvaluationProgress(plan, every=60)
+    record = plan.record_path("mnist", "Adam", "2", "Adam")
+    os.makedirs(os.path.dirname(record))
+    open(record, "wb").close()
+    clock[0] += 30
+    progress()
+    assert capsys.readouterr().out == ""   # not a minute yet
+    clock[0] += 90
+    progress()
+    assert capsys.readouterr().out.endswith("evaluations: 1 of 4 records written, about 6m00s left\n")
+    clock[0] += 60
+    progress()
+    assert capsys.readouterr().out == ""   # nothing new: no line
+
+
+def test_the_pool_calls_waiting_on_while_a_job_runs(tmp_path):
+    from l2o_tf import reproduce
+    calls = []
+    statuses = reproduce.JobPool(1).run([child(tmp_path, "a", 1.5)], waiting_on=lambda: calls.append(time.time()))
+    assert statuses == [0] and 2 <= len(calls) <= 5
 
 
 @pytest.mark.parametrize("share", ["0/2", "3/2", "1", "a/b"])
