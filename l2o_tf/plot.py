@@ -200,10 +200,10 @@ def curves(series, window):
     return panels
 
 
-def plot(panels, output, title="", window=1):
+def plot(panels, output, title="", window=1, styles=None):
     """Draw the panels side by side (`figure`); write `output` (PNG) and the PDF beside it; returns both paths."""
     import matplotlib.pyplot as plt
-    figure = draw(panels, title, window)
+    figure = draw(panels, title, window, styles)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     pdf = os.path.splitext(output)[0] + ".pdf"
     # "tight" grows the saved image to the legend, which is wider than one panel when the labels are many and long
@@ -213,15 +213,20 @@ def plot(panels, output, title="", window=1):
     return output, pdf
 
 
-def draw(panels, title="", window=1):
+def draw(panels, title="", window=1, styles=None):
     """The matplotlib figure of `panels` (`curves`), a panel per problem; `window` is the smoothing the curves had,
-    named on the y axis."""
+    named on the y axis; `styles`, {label: (colour, line style)}, fixes some labels' lines (the rest get the next
+    colours in turn)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     labels = list(dict.fromkeys(label for lines in panels.values() for label, *_ in lines))
-    colours = {label: f"C{i % 10}" for i, label in enumerate(labels)}
-    styles = {label: ("-", "--", ":")[(i // 10) % 3] for i, label in enumerate(labels)}  # more than 10 curves
+    given = styles or {}
+    free = [label for label in labels if label not in given]
+    colours = {label: f"C{i % 10}" for i, label in enumerate(free)}
+    styles = {label: ("-", "--", ":")[(i // 10) % 3] for i, label in enumerate(free)}  # more than 10 curves
+    for label, (colour, style) in given.items():
+        colours[label], styles[label] = colour, style
     figure, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.0), squeeze=False)
     handles = {}
     for axis, (problem, lines) in zip(axes[0], panels.items()):

@@ -103,6 +103,51 @@ def record_optimizer(what):
     return "L2L" if what[0] in ("learned", "guard") else what[1]
 
 
+FAMILIES = {"dm": "l2o_tf.train_dm", "rnnprop": "l2o_tf.train_rnnprop", "scale": "l2o_scale.metarun"}
+
+
+def figure_groups(labels, experiments):
+    """{figure: [(curve, [evaluation labels], (colour, line style) or None for the next free colour)]}: the
+    paper-style figures of one problem's evaluated `labels`. Per family of learned optimizers ("dm": the paper's
+    Fig. 2 and 3, "rnnprop", "scale"): each recipe of ours over all its training seeds (solid) beside the released
+    model of the same recipe (dashed, same colour), and Adam at its tuned rate (black; the fixed-rate Adam without
+    tuning). "all": every recipe of ours with every baseline (Fig. 7). "epochs": a training's saves along it and its
+    kept model (Fig. 4). "guards": the guards, the L2O-DM they guard and their guard optimizer. Figures with fewer
+    than two curves are left out."""
+    present = set(labels)
+    ours = {}  # experiment -> its labels, one per training seed
+    for label in labels:
+        head, _, seed = label.rpartition("-t")
+        if head in experiments and seed.isdigit():
+            ours.setdefault(head, []).append(label)
+    adam = "Adam-tuned" if "Adam-tuned" in present else "Adam"
+    reference = [(adam, [adam], ("black", "-"))] if adam in present else []
+    figures = {}
+    for family, entry_point in FAMILIES.items():
+        curves = []
+        for i, recipe in enumerate(e for e in EXPERIMENTS if EXPERIMENTS[e][0] == entry_point):
+            if recipe in ours:
+                curves.append((f"{recipe}, ours", ours[recipe], (f"C{i % 10}", "-")))
+            if f"original-{recipe}" in present:
+                curves.append((f"{recipe}, released", [f"original-{recipe}"], (f"C{i % 10}", "--")))
+        figures[family] = curves + reference
+    baselines = [label for label in labels if label.endswith("-tuned") or label == "Adam"]
+    figures["all"] = ([(f"{recipe}, ours", members, None) for recipe, members in ours.items()]
+                      + [(label, [label], ("black", "-") if label == adam else ("gray", (":", "-.", "--")[i % 3]))
+                         for i, label in enumerate(baselines)])
+    saves = [(label, label.rpartition("-e")) for label in labels]
+    saves = [(label, head, epoch) for label, (head, _, epoch) in saves if head in present and epoch.isdigit()]
+    figures["epochs"] = [(f"{head}, epoch {epoch}", [label], None) for label, head, epoch in saves]
+    figures["epochs"] += [(f"{head}, kept", [head], ("black", "-")) for head in dict.fromkeys(h for _, h, _ in saves)]
+    figures["epochs"] += [("original-dm", ["original-dm"], ("gray", "--"))] if saves and "original-dm" in present \
+        else []
+    guards = [label for label in labels if label.startswith(("lgl2o-", "gl2o-"))]
+    guarded = [label for label in dict.fromkeys(g.split("-", 1)[1] for g in guards) if label in present]
+    figures["guards"] = [(label, [label], None) for label in guards + guarded
+                         + (["SGD-tuned"] if guards and "SGD-tuned" in present else [])]
+    return {name: curves for name, curves in figures.items() if len(curves) > 1}
+
+
 class JobPool:
     """Runs subprocesses (trainings, tunings, evaluation shares), at most `jobs` at a time.
 
@@ -282,6 +327,13 @@ class Plan:
         return os.path.join(self.runs_dir, "eval", problem, label, f"seed{seed}",
                             f"{optimizer}_eval_loss_record.pickle-{problem}.npz")
 
+    def record_of(self, problem, label, seed, what):
+        """Where the evaluation of one planned (problem, label, seed, what) writes its loss record."""
+        return self.record_path(problem, label, seed, record_optimizer(what))
+
+    def evaluated(self, problem, label, seed, what):
+        return os.path.exists(self.record_of(problem, label, seed, what))
+
     def tuning_dir(self, problem):
         return os.path.join(self.runs_dir, "tune", problem)
 
@@ -390,8 +442,7 @@ class Plan:
                        for e in trainings)
         evaluation = sum(START_SECONDS["evaluation"] + self.steps_on(problem) * SECONDS_PER_EVAL_STEP[
             "conv" if problem in names.CONVOLUTIONAL_PROBLEMS else "mlp"] for problem, label, seed, what in
-            self.evaluations() if not (left and os.path.exists(self.record_path(problem, label, seed,
-                                                                                 record_optimizer(what)))))
+            self.evaluations() if not (left and self.evaluated(problem, label, seed, what)))
         if self.jobs > 1:  # evaluations in parallel gain at least as much (bench/README.md): the same estimate
             training, evaluation = (t * PARALLEL_SLOWDOWN / self.jobs for t in (training, evaluation))
         return training, evaluation
@@ -417,8 +468,7 @@ class Plan:
                 print(("[done] " if os.path.exists(self.tuned_json(problem)) else "")
                       + " ".join(self.tuning_command(problem)))
         for problem, label, seed, what in self.evaluations():
-            done = os.path.exists(self.record_path(problem, label, seed, record_optimizer(what)))
-            print(("[done] " if done else "") + f"evaluate {label} on {problem}, seed {seed}, "
+            print(("[done] " if self.evaluated(problem, label, seed, what) else "") + f"evaluate {label} on {problem}, seed {seed}, "
                   f"{self.steps_on(problem)} steps")
 
     def tuning_steps(self, problem):
@@ -502,8 +552,8 @@ class Plan:
         chosen = list(groups.items())
         if share is not None:
             chosen = chosen[share[0] - 1::share[1]]
-        pending = [(*key, [int(s) for s in seeds if not os.path.exists(
-            self.record_path(key[0], key[1], s, record_optimizer(key[2])))]) for key, seeds in chosen]
+        pending = [(*key, [int(s) for s in seeds if not self.evaluated(key[0], key[1], s, key[2])])
+                   for key, seeds in chosen]
         return [entry for entry in pending if entry[3]]
 
     def evaluate_all(self):
@@ -533,8 +583,7 @@ class Plan:
 
     def records_to_write(self):
         """How many evaluation records (one per optimizer, problem and seed) the plan still lacks."""
-        return sum(not os.path.exists(self.record_path(problem, label, seed, record_optimizer(what)))
-                   for problem, label, seed, what in self.evaluations())
+        return sum(not self.evaluated(*planned) for planned in self.evaluations())
 
     def share_command(self, k, n):
         """This plan's run_all.sh command that runs only the k-th of n shares of the pending evaluations."""
@@ -602,7 +651,7 @@ class Plan:
         from l2o_tf import plot
         entries = []
         for problem, label, seed, what in self.evaluations():
-            path = self.record_path(problem, label, seed, record_optimizer(what))
+            path = self.record_of(problem, label, seed, what)
             if not os.path.exists(path):
                 continue
             losses = plot.read_losses(path)
@@ -630,24 +679,21 @@ class Plan:
         return entries
 
     def draw_figures(self):
-        """Per problem: the DM family with Adam (the paper's Fig. 2/3 kind), every learned optimizer with the tuned
-        baselines (Fig. 7), and the guards where run."""
+        """Per problem, the paper-style figures of `figure_groups` from the records written so far."""
         from l2o_tf import plot
-        groups = {"dm": lambda label: label.startswith("dm") or label == "Adam",
-                  "all": lambda label: "-t" in label or label.endswith("-tuned") or label == "Adam",
-                  "guards": lambda label: label.startswith(("lgl2o", "gl2o", "dm-t")) or label == "SGD-tuned"}
+        smooth = 50
         for problem in self.problems:
-            for group, wanted in groups.items():
-                series = {}
-                for _, label, seed, what in (r for r in self.evaluations() if r[0] == problem):
-                    path = self.record_path(problem, label, seed, record_optimizer(what))
-                    if wanted(label) and os.path.exists(path):
-                        series.setdefault(label, []).append(path)
-                if len(series) > 1 and (group != "guards" or problem in self.guard_problems):
-                    output = os.path.join(self.runs_dir, "figures", f"{problem}_{group}.png")
-                    smooth = 50
-                    plot.plot(plot.curves(list(series.items()), smooth), output, f"{problem}: {group}", smooth)
-                    print(f"wrote {output}")
+            recorded = {}
+            for _, label, seed, what in (r for r in self.evaluations() if r[0] == problem):
+                if self.evaluated(problem, label, seed, what):
+                    recorded.setdefault(label, []).append(self.record_of(problem, label, seed, what))
+            for figure, curves in figure_groups(list(recorded), self.experiments).items():
+                series = [(curve, [path for label in members for path in recorded[label]])
+                          for curve, members, _ in curves]
+                styles = {curve: style for curve, _, style in curves if style}
+                output = os.path.join(self.runs_dir, "figures", f"{problem}_{figure}.png")
+                plot.plot(plot.curves(series, smooth), output, f"{problem}: {figure}", smooth, styles)
+                print(f"wrote {output}")
 
     def run(self):
         """Train, tune, evaluate, collect, draw: everything not done yet."""

@@ -353,6 +353,44 @@ def test_per_experiment_seeds_and_snapshot_evaluations(tmp_path):
     assert len(commands) == 4 and commands[-1].endswith(f"--save_path={run}/rnnprop/seed3 --seed=3")
 
 
+def test_figure_groups_pair_each_recipe_with_its_released_model():
+    """Paper-style figures: our recipe over its training seeds beside the released one in the same colour, dashed;
+    Fig. 7 with every baseline; Fig. 4 from the saves; the guards with what they guard."""
+    from l2o_tf import reproduce
+    labels = ["dm-t1", "dm_cl_il-t1", "dm_cl_il-t2", "rnnprop-t1", "dm-t1-e500", "dm-t1-e1000", "original-dm",
+              "original-dm_cl_il", "original-rnnprop", "Adam", "Adam-tuned", "SGD-tuned", "lgl2o-dm-t1"]
+    groups = reproduce.figure_groups(labels, ["dm", "dm_cl_il", "rnnprop"])
+    assert set(groups) == {"dm", "rnnprop", "all", "epochs", "guards"}  # no Scale curves: no "scale" figure
+    dm = {curve: (members, style) for curve, members, style in groups["dm"]}
+    assert list(dm) == ["dm, ours", "dm, released", "dm_cl_il, ours", "dm_cl_il, released", "Adam-tuned"]
+    assert dm["dm_cl_il, ours"][0] == ["dm_cl_il-t1", "dm_cl_il-t2"]  # one curve over both training seeds
+    assert dm["dm, ours"][1] == (dm["dm, released"][1][0], "-") and dm["dm, released"][1][1] == "--"
+    assert dm["dm_cl_il, ours"][1][0] == dm["dm_cl_il, released"][1][0] != dm["dm, ours"][1][0]
+    assert dm["Adam-tuned"] == (["Adam-tuned"], ("black", "-"))
+    assert [c for c, _, _ in groups["rnnprop"]] == ["rnnprop, ours", "rnnprop, released", "Adam-tuned"]
+    assert [c for c, _, _ in groups["all"]] == ["dm, ours", "dm_cl_il, ours", "rnnprop, ours", "Adam", "Adam-tuned",
+                                                "SGD-tuned"]
+    assert [(c, m) for c, m, _ in groups["epochs"]] == [
+        ("dm-t1, epoch 500", ["dm-t1-e500"]), ("dm-t1, epoch 1000", ["dm-t1-e1000"]), ("dm-t1, kept", ["dm-t1"]),
+        ("original-dm", ["original-dm"])]
+    assert [c for c, _, _ in groups["guards"]] == ["lgl2o-dm-t1", "dm-t1", "SGD-tuned"]
+    assert set(reproduce.figure_groups(["dm-t1", "Adam"], ["dm"])) == {"dm", "all"}
+
+
+def test_draw_figures_writes_each_group_from_the_records(tmp_path):
+    from l2o_tf import reproduce
+    plan = reproduce.Plan(preset="short", runs_dir=str(tmp_path), experiments=["dm"], train_seeds=[1, 2],
+                          problems=["mnist"], eval_seeds=[2, 3], originals=["dm"], tune=False)
+    for label, optimizer in (("dm-t1", "L2L"), ("dm-t2", "L2L"), ("original-dm", "L2L"), ("Adam", "Adam")):
+        for eval_seed in (2, 3):
+            path = plan.record_path("mnist", label, eval_seed, optimizer)
+            os.makedirs(os.path.dirname(path))
+            np.savez(path, losses=np.linspace(2.0, 0.1, 300, dtype=np.float32))
+    plan.draw_figures()
+    assert sorted(os.listdir(tmp_path / "figures")) == ["mnist_all.pdf", "mnist_all.png", "mnist_dm.pdf",
+                                                         "mnist_dm.png"]
+
+
 CHILD = """
 import json, os, signal, sys, time
 name, seconds, status = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
