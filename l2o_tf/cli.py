@@ -195,8 +195,10 @@ def define_reproduce_flags(defaults, presets, experiments):
     flags.DEFINE_integer("jobs", defaults["jobs"], "Trainings, tunings and evaluation processes run at once, each on "
                          "its share of the CPU cores with its output in a log file (2 on 2 cores trains about 1.4x "
                          "and evaluates about 1.55x faster in all than one at a time).")
-    flags.DEFINE_string("evaluation_share", defaults["evaluation_share"], "k/n: only run the k-th of n shares of the "
-                        "evaluations still to do, nothing else (what --jobs=n starts for its evaluation phase).")
+    flags.DEFINE_bool("evaluation_worker", defaults["evaluation_worker"], "Only evaluate, nothing else: every "
+                      "evaluation still to do whose training or tuning has finished, one optimizer at a time, leaving "
+                      "those another process is running to it (--jobs=n starts n of these; more may join from "
+                      "another terminal).")
     flags.DEFINE_bool("report", defaults["report"], "Only collect results.json / results.md and draw the figures "
                       "from the runs finished so far (nothing is trained or evaluated).")
     define_data_flags()

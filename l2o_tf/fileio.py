@@ -1,4 +1,6 @@
-"""Atomic file writes: every file the project writes appears whole or not at all, so a killed run loses nothing."""
+"""Atomic file writes (every file the project writes appears whole or not at all, so a killed run loses nothing)
+and lock files (processes sharing work)."""
+import contextlib
 import io
 import os
 import pickle
@@ -70,3 +72,26 @@ def atomic_save_npz(path, **arrays):
 def atomic_save_pickle(path, obj):
     """Standard-pickle `obj` (protocol 3, readable by the original Python 3.6 code) to `path`, atomically."""
     atomic_write_bytes(path, pickle.dumps(obj, protocol=3))
+
+
+@contextlib.contextmanager
+def exclusive_lock(path):
+    """Yields True while this process holds the lock file `path` (made if missing), False if another process holds
+    it. The kernel drops a dead process's lock, so a crash leaves no stale lock; the file stays (removing it would
+    let two processes lock two different files of that name). Without `fcntl` (Windows) every lock is granted."""
+    try:
+        import fcntl
+    except ImportError:
+        yield True
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -265,7 +265,7 @@ class Plan:
                 "eval_seeds": ["2"], "adam_learning_rate": 0.01, "tune": True, "guard_problems": [],
                 "experiment_seeds": [], "snapshot_epochs": [], "snapshot_problems": [],
                 "data_dir": None, "download": False, "allow_embedded_sample": False, "dry_run": False,
-                "report": False, "jobs": 1, "evaluation_share": None}
+                "report": False, "jobs": 1, "evaluation_worker": False}
 
     def __init__(self, **settings):
         unknown = set(settings) - set(self.DEFAULTS)
@@ -376,7 +376,6 @@ class Plan:
             raise ReproduceError(f"--snapshot_problems: {', '.join(unknown)} not in --problems")
         names.positive("eval_steps", self.eval_steps)
         names.positive("jobs", self.jobs)
-        self.share()
         self.check_data()
 
     def check_data(self):
@@ -487,18 +486,27 @@ class Plan:
 
     def train_and_tune(self):
         """Every training, then (with --tune) every problem's tuning, not finished yet, `--jobs` at a time in plan
-        order; each finished training gets DONE.json, a tuning writes its `tuned_<problem>.json` itself."""
+        order; each finished training gets DONE.json, a tuning writes its `tuned_<problem>.json` itself. Under
+        `--jobs=N`, N evaluation workers queue behind them: a core the last trainings and tunings leave idle
+        evaluates whatever is ready meanwhile (`ready`)."""
         from l2o_tf import fileio
         jobs = [(("train", e, s), self.training_command(e, s), self.training_log(e, s)) for e in self.experiments
                 for s in self.seeds_of(e) if not os.path.exists(self.done_marker(e, s))]
         if self.tune:
             jobs += [(("tune", p), self.tuning_command(p), os.path.join(self.tuning_dir(p), "tune.log"))
                      for p in self.problems if not os.path.exists(self.tuned_json(p))]
+        if jobs and self.jobs > 1 and self.pending_evaluations():
+            jobs += [(("evaluate", k), self.worker_command(), self.worker_log(k)) for k in range(1, self.jobs + 1)]
         pool = JobPool(self.jobs)
-        named = {job: (f"training {job[1]} (seed {job[2]})" if job[0] == "train" else f"tuning {job[1]}", log)
-                 for job, _, log in jobs}
+        kinds = {"train": lambda job: f"training {job[1]} (seed {job[2]})", "tune": lambda job: f"tuning {job[1]}",
+                 "evaluate": lambda job: f"evaluation worker {job[1]}"}
+        named = {job: (kinds[job[0]](job), log) for job, _, log in jobs}
+
+        progress = []  # counts the records from the first evaluation worker's start
 
         def started(job, slot):
+            if job[0] == "evaluate" and not progress:
+                progress.append(EvaluationProgress(self))
             command = " ".join(next(c for j, c, _ in jobs if j == job))
             if pool.jobs == 1:
                 print(f"== {named[job][0]}: {command}", flush=True)
@@ -517,13 +525,14 @@ class Plan:
                 fileio.atomic_write_bytes(self.done_marker(job[1], job[2]), json.dumps(
                     {"command": self.training_command(job[1], job[2]), "wall_seconds": seconds}).encode())
 
-        statuses = pool.run(jobs, started, ended)
+        statuses = pool.run(jobs, started, ended, waiting_on=lambda: progress and progress[0]())
         failed = [(job, status) for (job, _, _), status in zip(jobs, statuses)
                   if status not in (None, 0) + INTERRUPTED]
         if failed:
             job, status = failed[0]
             where = "its output is above" if pool.jobs == 1 else f"its output is in {named[job][1]}"
-            directory = self.training_dir(job[1], job[2]) if job[0] == "train" else self.tuning_dir(job[1])
+            directory = {"train": lambda: self.training_dir(job[1], job[2]), "tune": lambda: self.tuning_dir(job[1]),
+                         "evaluate": lambda: os.path.join(self.runs_dir, "eval")}[job[0]]()
             raise ReproduceError(f"{named[job][0]} failed with exit status {status}; {where}, its directory {directory}")
         stopped = [named[job][0] for (job, _, _), status in zip(jobs, statuses) if status in INTERRUPTED]
         waiting = sum(status is None for status in statuses)
@@ -533,51 +542,60 @@ class Plan:
             later = f" ({waiting} more not started)" if waiting else ""
             raise errors.Interrupted(f"{said}{later}; run the same command again to resume")
 
-    def share(self):
-        """(k, n) of `--evaluation_share=k/n`, or None: the part of the evaluations this process runs."""
-        if self.evaluation_share is None:
-            return None
-        k, sep, n = str(self.evaluation_share).partition("/")
-        if not (sep and k.isdigit() and n.isdigit() and 0 < int(k) <= int(n)):
-            raise ReproduceError(f"--evaluation_share: expected k/n with 1 <= k <= n, got {self.evaluation_share!r}")
-        return int(k), int(n)
-
-    def pending_evaluations(self, share=None):
+    def pending_evaluations(self):
         """[(problem, label, what, seeds not evaluated yet)] in plan order; an optimizer's seeds run as one compiled
-        run (`evaluate.run_and_record_seeds`). `share` (k, n): only every n-th optimizer from the k-th, counted over
-        the whole plan, so that processes started together split it the same way whatever each has finished."""
+        run (`evaluate.run_and_record_seeds`)."""
         groups = {}
         for problem, label, seed, what in self.evaluations():
             groups.setdefault((problem, label, what), []).append(seed)
-        chosen = list(groups.items())
-        if share is not None:
-            chosen = chosen[share[0] - 1::share[1]]
         pending = [(*key, [int(s) for s in seeds if not self.evaluated(key[0], key[1], s, key[2])])
-                   for key, seeds in chosen]
+                   for key, seeds in groups.items()]
         return [entry for entry in pending if entry[3]]
 
+    def ready(self, problem, what):
+        """Whether what an evaluation needs is there: a trained model's training has finished (DONE.json), a tuned
+        baseline's or a guard's tuning has written its rate; the released models and fixed rates always are."""
+        needs = []
+        if what[0] == "learned":
+            needs += [self.done_marker(e, s) for e in self.experiments for s in self.seeds_of(e)
+                      if what[1].startswith(self.training_dir(e, s) + os.sep)]
+        if what[0] == "guard":
+            needs.append(self.done_marker("dm", self.seeds_of("dm")[0]))
+        if what[0] == "guard" or (what[0] == "baseline" and what[2] is None):
+            needs.append(self.tuned_json(problem))
+        return all(os.path.exists(path) for path in needs)
+
     def evaluate_all(self):
-        """Every pending evaluation, in this process or, under `--jobs=N`, as N processes through the pool (each one
-        thread on its own core, `--evaluation_share=k/N`: 1.55x faster in all on 2 cores, bench/README.md)."""
+        """Every pending evaluation, in this process or, under `--jobs=N`, as N worker processes through the pool
+        (each one thread on its own core: 1.55x faster in all on 2 cores, bench/README.md); an error if another
+        process still holds some."""
         pending = self.pending_evaluations()
-        shares = min(self.jobs, len(pending))
-        if shares <= 1:
-            return self.evaluate(pending)
-        jobs = [((k, shares), self.share_command(k, shares), os.path.join(self.runs_dir, "eval", f"share{k}.log"))
-                for k in range(1, shares + 1)]
-        pool = JobPool(self.jobs)
-        print(f"== {time.strftime('%H:%M')} evaluate: {len(pending)} optimizers' runs in {shares} processes, output "
-              f"in {os.path.join(self.runs_dir, 'eval', 'share<k>.log')}", flush=True)
-        statuses = pool.run(jobs, ended=lambda share, status, seconds: print(
-            f"== {time.strftime('%H:%M')} evaluation share {share[0]}/{share[1]} "
+        workers = min(self.jobs, len(pending))
+        if workers <= 1:
+            self.evaluate(pending)
+        else:
+            self.run_workers(workers)
+        left = self.pending_evaluations()
+        if left:
+            raise ReproduceError(f"{len(left)} optimizers' evaluations are still to do, e.g. {left[0][1]} on "
+                                 f"{left[0][0]}: another process holds them (their evaluating.lock); run the same "
+                                 "command again when it has finished")
+
+    def run_workers(self, workers):
+        """`workers` evaluation workers (`--evaluation_worker`) through the pool, until every one has ended."""
+        print(f"== {time.strftime('%H:%M')} evaluate: {len(self.pending_evaluations())} optimizers' runs in "
+              f"{workers} processes, output in {self.worker_log('<k>')}", flush=True)
+        jobs = [(("evaluate", k), self.worker_command(), self.worker_log(k)) for k in range(1, workers + 1)]
+        statuses = JobPool(self.jobs).run(jobs, ended=lambda job, status, seconds: print(
+            f"== {time.strftime('%H:%M')} evaluation worker {job[1]} "
             f"{'finished' if status == 0 else 'interrupted' if status in INTERRUPTED else f'failed ({status})'} "
             f"after {names.format_duration(seconds)}", flush=True), waiting_on=EvaluationProgress(self))
-        failed = [(share, status) for (share, _, _), status in zip(jobs, statuses)
+        failed = [(job, status) for (job, _, _), status in zip(jobs, statuses)
                   if status not in (None, 0) + INTERRUPTED]
         if failed:
-            (k, n), status = failed[0]
-            raise ReproduceError(f"evaluation share {k}/{n} failed with exit status {status}; its output is in "
-                                 f"{os.path.join(self.runs_dir, 'eval', f'share{k}.log')}")
+            (_, k), status = failed[0]
+            raise ReproduceError(f"evaluation worker {k} failed with exit status {status}; its output is in "
+                                 f"{self.worker_log(k)}")
         if any(status != 0 for status in statuses):
             raise errors.Interrupted(EVALUATION_INTERRUPTED)
 
@@ -585,12 +603,15 @@ class Plan:
         """How many evaluation records (one per optimizer, problem and seed) the plan still lacks."""
         return sum(not self.evaluated(*planned) for planned in self.evaluations())
 
-    def share_command(self, k, n):
-        """This plan's run_all.sh command that runs only the k-th of n shares of the pending evaluations."""
+    def worker_log(self, k):
+        return os.path.join(self.runs_dir, "eval", f"worker{k}.log")
+
+    def worker_command(self):
+        """This plan's run_all.sh command as an evaluation worker (`--evaluation_worker`)."""
         arguments = []
         for name in self.DEFAULTS:
             value = getattr(self, name)
-            if name in ("jobs", "report", "dry_run", "evaluation_share") or value is None:
+            if name in ("jobs", "report", "dry_run", "evaluation_worker") or value is None:
                 continue
             if name == "experiment_seeds":
                 arguments += [f"--{name}={entry}" for entry in value]
@@ -600,26 +621,37 @@ class Plan:
                 arguments.append(f"--{name}={str(value).lower()}")
             else:
                 arguments.append(f"--{name}={value}")
-        return [sys.executable, "-m", "l2o_tf.reproduce", *arguments, f"--evaluation_share={k}/{n}"]
+        return [sys.executable, "-m", "l2o_tf.reproduce", *arguments, "--evaluation_worker"]
 
-    def evaluate(self, pending):
-        """Run `pending` (`pending_evaluations`), loading each problem once."""
+    def evaluate(self, pending, only_ready=False):
+        """Run `pending` (`pending_evaluations`), loading each problem once. An optimizer another process is
+        evaluating (its `evaluating.lock` held) is left to it, so any number of processes can share the work; with
+        `only_ready`, so is one whose training or tuning has not finished (`ready`)."""
         from l2o_tf import evaluate
+        from l2o_tf import fileio
         from l2o_tf import problems as problem_module
         loaded = {}
-        for problem_name, label, what, seeds in pending:
-            if problem_name not in loaded:
-                loaded[problem_name] = problem_module.get(problem_name, mode="test", data_dir=self.data_dir,
-                                                          download=self.download)
+        for problem_name, label, what, _ in pending:
+            if only_ready and not self.ready(problem_name, what):
+                continue
             optimizer = record_optimizer(what)
-            print(f"== evaluate {label} on {problem_name}, seed{'s' if len(seeds) > 1 else ''} "
-                  f"{', '.join(map(str, seeds))}", flush=True)
-            settings, guard, rules_and_problems = self.evaluation_rules(problem_name, loaded[problem_name], what,
-                                                                        seeds)
-            lanes = [(problem, rule, seed, os.path.dirname(self.record_path(problem_name, label, seed, optimizer)))
-                     for (rule, problem), seed in zip(rules_and_problems, seeds)]
-            evaluate.run_and_record_seeds(lanes, optimizer, self.steps_on(problem_name), 1,
-                                          {"label": label, "problem": problem_name, **settings}, guard=guard)
+            lock = os.path.join(self.runs_dir, "eval", problem_name, label, "evaluating.lock")
+            with fileio.exclusive_lock(lock) as mine:
+                seeds = [int(s) for s in self.eval_seeds if not self.evaluated(problem_name, label, s, what)]
+                if not (mine and seeds):  # another process has it, or finished it since `pending` was listed
+                    continue
+                if problem_name not in loaded:
+                    loaded[problem_name] = problem_module.get(problem_name, mode="test", data_dir=self.data_dir,
+                                                              download=self.download)
+                print(f"== evaluate {label} on {problem_name}, seed{'s' if len(seeds) > 1 else ''} "
+                      f"{', '.join(map(str, seeds))}", flush=True)
+                settings, guard, rules_and_problems = self.evaluation_rules(problem_name, loaded[problem_name], what,
+                                                                            seeds)
+                lanes = [(problem, rule, seed, os.path.dirname(self.record_path(problem_name, label, seed,
+                                                                                 optimizer)))
+                         for (rule, problem), seed in zip(rules_and_problems, seeds)]
+                evaluate.run_and_record_seeds(lanes, optimizer, self.steps_on(problem_name), 1,
+                                              {"label": label, "problem": problem_name, **settings}, guard=guard)
 
     def evaluation_rules(self, problem_name, base_problem, what, seeds):
         """(settings for the records, guard options or None, [(rule, problem)] per seed) of one planned optimizer:
@@ -728,12 +760,11 @@ def check_or_print_plan(plan):
 def main(plan):
     if plan.report:
         plan.report_results()
-    elif plan.share():
-        k, n = plan.share()
+    elif plan.evaluation_worker:
         try:
-            plan.evaluate(plan.pending_evaluations((k, n)))
+            plan.evaluate(plan.pending_evaluations(), only_ready=True)
         except KeyboardInterrupt:
-            raise errors.Interrupted(f"evaluation share {k}/{n} interrupted") from None
+            raise errors.Interrupted("evaluation worker interrupted; what it finished is kept") from None
     else:
         plan.run()
 

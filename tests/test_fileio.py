@@ -1,6 +1,8 @@
-"""Atomic writes: a failed or interrupted write leaves the previous file whole and no debris."""
+"""Atomic writes: a failed or interrupted write leaves the previous file whole and no debris; exclusive locks."""
 import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -53,3 +55,27 @@ def test_the_restricted_unpickler_reads_arrays_and_refuses_code(tmp_path):
     path.write_bytes(pickle.dumps(os.getcwd))
     with open(path, "rb") as f, pytest.raises(pickle.UnpicklingError, match="posix.getcwd is not allowed"):
         fileio.RestrictedUnpickler(f, what="x.pickle").load()
+
+
+def test_an_exclusive_lock_is_held_once_and_dropped_with_its_process(tmp_path):
+    """Held: a second taker is refused (another process, or another open in this one); released on exit, and by
+    the kernel when the holder dies without releasing."""
+    path = str(tmp_path / "eval" / "x" / "evaluating.lock")
+    with fileio.exclusive_lock(path) as first:
+        with fileio.exclusive_lock(path) as second:
+            assert first and not second
+    with fileio.exclusive_lock(path) as again:
+        assert again
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from l2o_tf import fileio\n"
+                               "with fileio.exclusive_lock(sys.argv[1]) as held:\n"
+                               "    print(held, flush=True); time.sleep(60)", path],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "True"
+        with fileio.exclusive_lock(path) as taken:
+            assert not taken
+    finally:
+        holder.kill()
+        holder.wait()
+    with fileio.exclusive_lock(path) as taken:
+        assert taken   # the killed holder left no stale lock

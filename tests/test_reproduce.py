@@ -170,22 +170,64 @@ def test_a_tiny_reproduction_end_to_end_and_its_rerun(tmp_path, new_user_env):
     assert (runs / "results.md").read_bytes() == table
 
 
-def test_evaluations_split_into_shares_that_cover_the_plan_once(tmp_path):
-    """Shares are counted over the whole plan: disjoint, together every pending evaluation, and unchanged by what
-    another share has finished meanwhile."""
+def test_pending_evaluations_and_what_each_needs_first(tmp_path):
+    """An optimizer's pending seeds come as one group; a group is ready when its training has finished (DONE.json),
+    its tuning has written the rate (tuned baselines, guards); released models and Adam's fixed rate always are."""
+    from l2o_tf import reproduce
+    plan = reproduce.Plan(preset="short", runs_dir=str(tmp_path), experiments=["dm"], originals=["rnnprop"],
+                          problems=["mnist", "mnist_relu"], eval_seeds=[2, 3], guard_problems=["mnist"],
+                          configs_dir=CONFIGS)
+    pending = plan.pending_evaluations()
+    assert [(p, label) for p, label, _, _ in pending][:3] == [("mnist", "dm-t1"), ("mnist", "original-rnnprop"),
+                                                             ("mnist", "Adam")]
+    assert len(pending) == 2 * 8 + 2 and all(seeds == [2, 3] for *_, seeds in pending)   # 5 tuned, 2 guards on mnist
+    ready = lambda: {(p, label) for p, label, what, _ in plan.pending_evaluations() if plan.ready(p, what)}
+    assert ready() == {(p, label) for p in ("mnist", "mnist_relu") for label in ("original-rnnprop", "Adam")}
+    (tmp_path / "tune" / "mnist").mkdir(parents=True)
+    (tmp_path / "tune" / "mnist" / "tuned_mnist.json").write_text("{}")
+    tuned = {("mnist", f"{name}-tuned") for name in ("Adam", "RMSProp", "SGD", "NAG", "Adagrad")}
+    assert ready() == {(p, label) for p in ("mnist", "mnist_relu") for label in ("original-rnnprop", "Adam")} | tuned
+    (tmp_path / "train" / "dm" / "seed1").mkdir(parents=True)
+    (tmp_path / "train" / "dm" / "seed1" / "DONE.json").write_text("{}")
+    assert ready() >= {("mnist", "dm-t1"), ("mnist_relu", "dm-t1"), ("mnist", "lgl2o-dm-t1"), ("mnist", "gl2o-dm-t1")}
+    assert ("mnist_relu", "Adam-tuned") not in ready()
+    record = plan.record_path("mnist", "dm-t1", 2, "L2L")
+    os.makedirs(os.path.dirname(record))
+    open(record, "wb").close()
+    assert plan.pending_evaluations()[0][:2] == ("mnist", "dm-t1") and plan.pending_evaluations()[0][3] == [3]
+
+
+def test_evaluate_leaves_what_another_process_holds_and_what_is_not_ready(tmp_path, monkeypatch):
+    """Workers share the plan through a lock file per optimizer: one held elsewhere is skipped, as is (for a worker)
+    one whose training has not finished; seeds written meanwhile are not run again."""
+    from l2o_tf import evaluate
+    from l2o_tf import fileio
+    from l2o_tf import problems
     from l2o_tf import reproduce
     plan = reproduce.Plan(preset="short", runs_dir=str(tmp_path), experiments=["dm"], originals=["dm", "rnnprop"],
-                          problems=["mnist", "mnist_relu"], eval_seeds=[2, 3], tune=False, configs_dir=CONFIGS)
-    everything = plan.pending_evaluations()
-    assert len(everything) == 2 * 4 and all(seeds == [2, 3] for *_, seeds in everything)
-    shares = [plan.pending_evaluations((k, 3)) for k in (1, 2, 3)]
-    assert sorted(sum(shares, []), key=everything.index) == everything
-    first = shares[0][0]
-    record = plan.record_path(first[0], first[1], 2, reproduce.record_optimizer(first[2]))
+                          problems=["mnist"], eval_seeds=[2, 3], tune=False, configs_dir=CONFIGS)
+    ran = []
+
+    def run(lanes, optimizer, steps, *args, **kwargs):
+        ran.append([(os.path.basename(os.path.dirname(directory)), seed) for _, _, seed, directory in lanes])
+        for _, _, seed, directory in lanes:
+            os.makedirs(directory, exist_ok=True)
+            open(os.path.join(directory, f"{optimizer}_eval_loss_record.pickle-mnist.npz"), "wb").close()
+
+    monkeypatch.setattr(evaluate, "run_and_record_seeds", run)
+    monkeypatch.setattr(problems, "get", lambda *args, **kwargs: None)
+    monkeypatch.setattr(plan, "evaluation_rules", lambda problem, base, what, seeds: ({}, None, [(None, None)] * len(seeds)))
+    record = plan.record_path("mnist", "Adam", 3, "Adam")
     os.makedirs(os.path.dirname(record))
-    open(record, "wb").close()   # share 1 has finished seed 2 of its first evaluation
-    assert plan.pending_evaluations((2, 3)) == shares[1]
-    assert plan.pending_evaluations((1, 3))[0][3] == [3]
+    pending = plan.pending_evaluations()
+    open(record, "wb").close()   # another process wrote Adam's seed 3 after `pending` was listed
+    with fileio.exclusive_lock(str(tmp_path / "eval" / "mnist" / "original-dm" / "evaluating.lock")) as held:
+        assert held
+        plan.evaluate(pending, only_ready=True)
+    assert ran == [[("original-rnnprop", 2), ("original-rnnprop", 3)], [("Adam", 2)]]   # dm-t1 is not trained yet
+    assert [label for _, label, _, _ in plan.pending_evaluations()] == ["dm-t1", "original-dm"]
+    plan.evaluate(plan.pending_evaluations())   # not a worker: the untrained model is its caller's business
+    assert ran[2:] == [[("dm-t1", 2), ("dm-t1", 3)], [("original-dm", 2), ("original-dm", 3)]]
 
 
 def test_the_expected_time_counts_the_jobs_for_training_and_evaluation():
@@ -245,17 +287,9 @@ def test_the_pool_calls_waiting_on_while_a_job_runs(tmp_path):
     assert statuses == [0] and 2 <= len(calls) <= 5
 
 
-@pytest.mark.parametrize("share", ["0/2", "3/2", "1", "a/b"])
-def test_a_bad_evaluation_share_is_a_one_line_error(share, new_user_env):
-    code, out = run_module("l2o_tf.reproduce", new_user_env, "--preset=smoke", f"--evaluation_share={share}",
-                           "--dry_run", report_tensorflow=True)
-    assert code == 2 and "--evaluation_share: expected k/n with 1 <= k <= n" in out
-    assert "tensorflow imported: False" in out
-
-
-def test_evaluations_under_jobs_run_as_shares_with_the_plans_own_settings(tmp_path, new_user_env):
-    """--jobs=2: the pending evaluations run as two processes (each this plan's command with --evaluation_share);
-    their records are those of one process evaluating everything."""
+def test_evaluations_under_jobs_run_as_workers_with_the_plans_own_settings(tmp_path, new_user_env):
+    """--jobs=2: the pending evaluations run as two worker processes (each this plan's command with
+    --evaluation_worker) that share them out; their records are those of one process evaluating everything."""
     from l2o_tf import reproduce
     flags = ["--preset=smoke", f"--configs_dir={CONFIGS}", "--experiments=", "--originals=dm_cl_il",
              "--problems=mnist", "--eval_steps=20", "--eval_seeds=2,3", "--tune=false"]
@@ -263,9 +297,10 @@ def test_evaluations_under_jobs_run_as_shares_with_the_plans_own_settings(tmp_pa
     code, out = run_module("l2o_tf.reproduce", new_user_env, *flags, f"--runs_dir={shared}", "--jobs=2", timeout=600)
     assert code == 0, out[-3000:]
     assert "evaluate: 2 optimizers' runs in 2 processes" in out
-    assert "evaluation share 1/2 finished" in out and "evaluation share 2/2 finished" in out
-    logs = [(shared / "eval" / f"share{k}.log").read_text() for k in (1, 2)]
-    assert "== evaluate original-dm_cl_il on mnist, seeds 2, 3" in logs[0] and "== evaluate Adam on mnist" in logs[1]
+    assert "evaluation worker 1 finished" in out and "evaluation worker 2 finished" in out
+    logs = "".join((shared / "eval" / f"worker{k}.log").read_text() for k in (1, 2))
+    assert logs.count("== evaluate original-dm_cl_il on mnist, seeds 2, 3") == 1   # each by one worker
+    assert logs.count("== evaluate Adam on mnist, seeds 2, 3") == 1
     code, out = run_module("l2o_tf.reproduce", new_user_env, *flags, f"--runs_dir={single}", timeout=600)
     assert code == 0, out[-3000:]
     for label, optimizer in (("original-dm_cl_il", "L2L"), ("Adam", "Adam")):
@@ -275,12 +310,12 @@ def test_evaluations_under_jobs_run_as_shares_with_the_plans_own_settings(tmp_pa
                 np.testing.assert_allclose(a["losses"], b["losses"], rtol=1e-4)   # one thread against several
     plan = reproduce.Plan(preset="smoke", runs_dir=str(shared), jobs=2, originals=["dm_cl_il"], eval_steps=20,
                           eval_seeds=["2", "3"], tune=False, configs_dir=str(CONFIGS), experiment_seeds=["dm:1,2"])
-    command = plan.share_command(1, 2)
+    command = plan.worker_command()
     assert command[3:] == ["--preset=smoke", f"--runs_dir={shared}", f"--configs_dir={CONFIGS}", "--experiments=",
                            "--train_seeds=1", "--originals=dm_cl_il", "--problems=mnist", "--eval_steps=20",
                            "--eval_seeds=2,3", "--adam_learning_rate=0.01", "--tune=false", "--guard_problems=",
                            "--experiment_seeds=dm:1,2", "--snapshot_epochs=", "--snapshot_problems=",
-                           "--download=false", "--allow_embedded_sample=false", "--evaluation_share=1/2"]
+                           "--download=false", "--allow_embedded_sample=false", "--evaluation_worker"]
 
 
 def test_ctrl_c_during_training_saves_and_says_how_to_resume(tmp_path, new_user_env):
@@ -461,6 +496,7 @@ def test_train_and_tune_with_jobs_marks_the_finished_and_names_the_failed(tmp_pa
                           configs_dir=CONFIGS, tune=False)
     outcome = {"dm": 0, "rnnprop": 4}
     monkeypatch.setattr(plan, "training_command", lambda e, s: child(tmp_path, e, 0.2, outcome[e])[1])
+    monkeypatch.setattr(plan, "worker_command", lambda: child(tmp_path, "worker", 0.1)[1])
     with pytest.raises(reproduce.ReproduceError, match=r"training rnnprop \(seed 1\) failed with exit status 4; "
                        "its output is in .*rnnprop/seed1/train.log"):
         plan.train_and_tune()
@@ -470,9 +506,10 @@ def test_train_and_tune_with_jobs_marks_the_finished_and_names_the_failed(tmp_pa
     assert log_of(tmp_path / "train" / "rnnprop", "seed1")["name"] == "rnnprop"
 
 
-def test_tunings_run_in_the_pool_after_the_trainings(tmp_path, monkeypatch, capsys):
+def test_tunings_and_evaluation_workers_run_in_the_pool_after_the_trainings(tmp_path, monkeypatch, capsys):
     """A problem's tuning is a job of the pool, queued behind the trainings: it takes the core the last training
-    leaves idle. Its command is tune_baselines with the configured search, the problem's steps and its directory."""
+    leaves idle. Its command is tune_baselines with the configured search, the problem's steps and its directory.
+    Evaluation workers queue behind the tunings, so a core left idle evaluates what is ready meanwhile."""
     from l2o_tf import reproduce
     plan = reproduce.Plan(preset="smoke", runs_dir=str(tmp_path), experiments=["dm"], jobs=2, configs_dir=CONFIGS,
                           problems=["mnist", "mnist_conv"], eval_steps=300, conv_eval_steps=200)
@@ -480,9 +517,9 @@ def test_tunings_run_in_the_pool_after_the_trainings(tmp_path, monkeypatch, caps
     assert command[1:3] == ["-m", "l2o_tf.tune_baselines"]
     assert command[3:] == [f"--flagfile={p}" for p in plan.flagfiles("tuned_baselines")] + [
         "--problem=mnist_conv", "--num_steps=50", f"--output_path={tmp_path}/tune/mnist_conv"]
-    started = []
-    monkeypatch.setattr(plan, "training_command", lambda e, s: child(tmp_path, e, 1.0)[1])
+    monkeypatch.setattr(plan, "training_command", lambda e, s: child(tmp_path, e, 3.0)[1])  # room for slow starts
     monkeypatch.setattr(plan, "tuning_command", lambda p: child(tmp_path, p, 0.2)[1])
+    monkeypatch.setattr(plan, "worker_command", lambda: child(tmp_path, "worker", 0.1)[1])
     os.makedirs(tmp_path / "tune" / "mnist")
     (tmp_path / "tune" / "mnist" / "tuned_mnist.json").write_text("{}")   # tuned already: not run again
     plan.train_and_tune()
@@ -491,3 +528,7 @@ def test_tunings_run_in_the_pool_after_the_trainings(tmp_path, monkeypatch, caps
     assert "tuning mnist " not in out
     training, tuning = log_of(tmp_path / "train" / "dm", "seed1"), log_of(tmp_path / "tune", "mnist_conv")
     assert tuning["name"] == "mnist_conv" and tuning["start"] < training["end"]   # beside the training
+    workers = [json.loads((tmp_path / "eval" / f"worker{k}.log").read_text()) for k in (1, 2)]
+    assert tuning["end"] <= workers[0]["start"] < training["end"]   # the core the tuning left
+    assert out.index("tuning mnist_conv on core(s)") < out.index("evaluation worker 1 on core(s)")
+    assert "evaluation worker 2 finished" in out
