@@ -496,7 +496,7 @@ class Plan:
             jobs += [(("tune", p), self.tuning_command(p), os.path.join(self.tuning_dir(p), "tune.log"))
                      for p in self.problems if not os.path.exists(self.tuned_json(p))]
         if jobs and self.jobs > 1 and self.pending_evaluations():
-            jobs += [(("evaluate", k), self.worker_command(), self.worker_log(k)) for k in range(1, self.jobs + 1)]
+            jobs += self.worker_jobs(self.jobs)
         pool = JobPool(self.jobs)
         kinds = {"train": lambda job: f"training {job[1]} (seed {job[2]})", "tune": lambda job: f"tuning {job[1]}",
                  "evaluate": lambda job: f"evaluation worker {job[1]}"}
@@ -585,7 +585,7 @@ class Plan:
         """`workers` evaluation workers (`--evaluation_worker`) through the pool, until every one has ended."""
         print(f"== {time.strftime('%H:%M')} evaluate: {len(self.pending_evaluations())} optimizers' runs in "
               f"{workers} processes, output in {self.worker_log('<k>')}", flush=True)
-        jobs = [(("evaluate", k), self.worker_command(), self.worker_log(k)) for k in range(1, workers + 1)]
+        jobs = self.worker_jobs(workers)
         statuses = JobPool(self.jobs).run(jobs, ended=lambda job, status, seconds: print(
             f"== {time.strftime('%H:%M')} evaluation worker {job[1]} "
             f"{'finished' if status == 0 else 'interrupted' if status in INTERRUPTED else f'failed ({status})'} "
@@ -602,6 +602,10 @@ class Plan:
     def records_to_write(self):
         """How many evaluation records (one per optimizer, problem and seed) the plan still lacks."""
         return sum(not self.evaluated(*planned) for planned in self.evaluations())
+
+    def worker_jobs(self, workers):
+        """The pool's jobs (name, command, log) for `workers` evaluation workers."""
+        return [(("evaluate", k), self.worker_command(), self.worker_log(k)) for k in range(1, workers + 1)]
 
     def worker_log(self, k):
         return os.path.join(self.runs_dir, "eval", f"worker{k}.log")
