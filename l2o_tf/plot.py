@@ -227,7 +227,9 @@ def draw(panels, title="", window=1, styles=None):
     styles = {label: ("-", "--", ":")[(i // 10) % 3] for i, label in enumerate(free)}  # more than 10 curves
     for label, (colour, style) in given.items():
         colours[label], styles[label] = colour, style
-    figure, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.0), squeeze=False)
+    rows = (len(labels) + 2) // 3  # of the legend, three labels a row below the panels
+    height = 3.6 + 0.22 * rows
+    figure, axes = plt.subplots(1, len(panels), figsize=(max(6.4, 4.6 * len(panels)), height), squeeze=False)
     handles = {}
     for axis, (problem, lines) in zip(axes[0], panels.items()):
         for label, mean, std, seeds in lines:
@@ -235,7 +237,7 @@ def draw(panels, title="", window=1, styles=None):
             steps = np.arange(1, len(mean) + 1)[::every]
             mean, std = mean[::every], std[::every]
             handles[label], = axis.plot(steps, mean, color=colours[label], linestyle=styles[label], linewidth=1.2,
-                                        label=label if seeds == 1 else f"{label} ({seeds} seeds)")
+                                        label=label if seeds == 1 else f"{label} ({seeds} runs)")
             if seeds > 1:
                 axis.fill_between(steps, mean - std, mean + std, color=colours[label], alpha=0.2, linewidth=0)
         axis.set_title(problem)
@@ -247,8 +249,7 @@ def draw(panels, title="", window=1, styles=None):
                   ncol=min(len(handles), 3), fontsize=8, frameon=False)
     if title:
         figure.suptitle(title)
-    rows = (len(handles) + 2) // 3
-    figure.tight_layout(rect=(0, 0.06 * rows, 1, 1))
+    figure.tight_layout(rect=(0, 0.22 * rows / height + 0.02, 1, 1))
     return figure
 
 

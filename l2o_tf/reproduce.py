@@ -106,6 +106,13 @@ def record_optimizer(what):
 FAMILIES = {"dm": "l2o_tf.train_dm", "rnnprop": "l2o_tf.train_rnnprop", "scale": "l2o_scale.metarun"}
 
 
+FIGURE_TITLES = {"dm": "L2O-DM: our recipes (solid) and the released models (dashed)",
+                 "rnnprop": "RNNprop: our recipes (solid) and the released models (dashed)",
+                 "scale": "L2O-Scale: our recipes (solid) and the released models (dashed)",
+                 "all": "our recipes and the hand-designed optimizers (dashed)",
+                 "epochs": "vanilla L2O-DM's saves along its training", "guards": "the guards"}
+
+
 def figure_groups(labels, experiments):
     """{figure: [(curve, [evaluation labels], (colour, line style) or None for the next free colour)]}: the
     paper-style figures of one problem's evaluated `labels`. Per family of learned optimizers ("dm": the paper's
@@ -131,10 +138,14 @@ def figure_groups(labels, experiments):
             if f"original-{recipe}" in present:
                 curves.append((f"{recipe}, released", [f"original-{recipe}"], (f"C{i % 10}", "--")))
         figures[family] = curves + reference
-    baselines = [label for label in labels if label.endswith("-tuned") or label == "Adam"]
-    figures["all"] = ([(f"{recipe}, ours", members, None) for recipe, members in ours.items()]
-                      + [(label, [label], ("black", "-") if label == adam else ("gray", (":", "-.", "--")[i % 3]))
-                         for i, label in enumerate(baselines)])
+    # Fig. 7: ours solid, the hand-designed dashed in the colours after ours, the tuned Adam black, an untuned
+    # Adam (when the tuned one is there too) gray
+    figures["all"] = [(f"{recipe}, ours", members, (f"C{i % 10}", "-"))
+                      for i, (recipe, members) in enumerate(ours.items())]
+    baselines = [label for label in labels if label.endswith("-tuned") and label != adam]
+    figures["all"] += [(adam, [adam], ("black", "-"))] if adam in present else []
+    figures["all"] += [("Adam", ["Adam"], ("gray", ":"))] if adam != "Adam" and "Adam" in present else []
+    figures["all"] += [(label, [label], (f"C{(len(ours) + i) % 10}", "--")) for i, label in enumerate(baselines)]
     saves = [(label, label.rpartition("-e")) for label in labels]
     saves = [(label, head, epoch) for label, (head, _, epoch) in saves if head in present and epoch.isdigit()]
     figures["epochs"] = [(f"{head}, epoch {epoch}", [label], None) for label, head, epoch in saves]
@@ -728,7 +739,7 @@ class Plan:
                           for curve, members, _ in curves]
                 styles = {curve: style for curve, _, style in curves if style}
                 output = os.path.join(self.runs_dir, "figures", f"{problem}_{figure}.png")
-                plot.plot(plot.curves(series, smooth), output, f"{problem}: {figure}", smooth, styles)
+                plot.plot(plot.curves(series, smooth), output, FIGURE_TITLES.get(figure, figure), smooth, styles)
                 print(f"wrote {output}")
 
     def run(self):

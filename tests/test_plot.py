@@ -54,7 +54,7 @@ def test_the_figure_draws_each_labels_mean_band_and_names_the_smoothing():
     figure = plot.draw(panels, "t", window=7)
     left, right = figure.axes[:2]
     assert [axis.get_title() for axis in (left, right)] == ["mnist", "mnist_relu"]
-    assert [line.get_label() for line in left.lines] == ["dm (a) (3 seeds)", "sgd"]
+    assert [line.get_label() for line in left.lines] == ["dm (a) (3 runs)", "sgd"]
     np.testing.assert_allclose(left.lines[0].get_xdata(), steps)
     np.testing.assert_allclose(left.lines[1].get_ydata(), -0.02 * steps)
     np.testing.assert_allclose(right.lines[0].get_ydata(), 0.01 * steps)

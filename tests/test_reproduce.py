@@ -403,8 +403,10 @@ def test_figure_groups_pair_each_recipe_with_its_released_model():
     assert dm["dm_cl_il, ours"][1][0] == dm["dm_cl_il, released"][1][0] != dm["dm, ours"][1][0]
     assert dm["Adam-tuned"] == (["Adam-tuned"], ("black", "-"))
     assert [c for c, _, _ in groups["rnnprop"]] == ["rnnprop, ours", "rnnprop, released", "Adam-tuned"]
-    assert [c for c, _, _ in groups["all"]] == ["dm, ours", "dm_cl_il, ours", "rnnprop, ours", "Adam", "Adam-tuned",
+    assert [c for c, _, _ in groups["all"]] == ["dm, ours", "dm_cl_il, ours", "rnnprop, ours", "Adam-tuned", "Adam",
                                                 "SGD-tuned"]
+    styles = [style for _, _, style in groups["all"]]
+    assert len(set(styles)) == len(styles) and styles[3:] == [("black", "-"), ("gray", ":"), ("C3", "--")]
     assert [(c, m) for c, m, _ in groups["epochs"]] == [
         ("dm-t1, epoch 500", ["dm-t1-e500"]), ("dm-t1, epoch 1000", ["dm-t1-e1000"]), ("dm-t1, kept", ["dm-t1"]),
         ("original-dm", ["original-dm"])]
