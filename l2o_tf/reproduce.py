@@ -106,9 +106,8 @@ def record_optimizer(what):
 FAMILIES = {"dm": "l2o_tf.train_dm", "rnnprop": "l2o_tf.train_rnnprop", "scale": "l2o_scale.metarun"}
 
 
-FIGURE_TITLES = {"dm": "L2O-DM: our recipes (solid) and the released models (dashed)",
-                 "rnnprop": "RNNprop: our recipes (solid) and the released models (dashed)",
-                 "scale": "L2O-Scale: our recipes (solid) and the released models (dashed)",
+FIGURE_TITLES = {**{family: f"{name}: our recipes (solid) and the released models (dashed)"
+                    for family, name in (("dm", "L2O-DM"), ("rnnprop", "RNNprop"), ("scale", "L2O-Scale"))},
                  "all": "our recipes and the hand-designed optimizers (dashed)",
                  "epochs": "vanilla L2O-DM's saves along its training", "guards": "the guards"}
 
@@ -143,7 +142,7 @@ def figure_groups(labels, experiments):
     figures["all"] = [(f"{recipe}, ours", members, (f"C{i % 10}", "-"))
                       for i, (recipe, members) in enumerate(ours.items())]
     baselines = [label for label in labels if label.endswith("-tuned") and label != adam]
-    figures["all"] += [(adam, [adam], ("black", "-"))] if adam in present else []
+    figures["all"] += reference
     figures["all"] += [("Adam", ["Adam"], ("gray", ":"))] if adam != "Adam" and "Adam" in present else []
     figures["all"] += [(label, [label], (f"C{(len(ours) + i) % 10}", "--")) for i, label in enumerate(baselines)]
     saves = [(label, label.rpartition("-e")) for label in labels]

@@ -62,6 +62,8 @@ def test_the_figure_draws_each_labels_mean_band_and_names_the_smoothing():
     assert len(left.collections) == 1 and np.isclose(band.max(), -0.01 + 0.5) and np.isclose(band.min(), -1 - 0.5)
     assert left.get_ylabel() == "ln(minibatch loss), moving average of 7 steps"
     assert plot.draw(panels).axes[0].get_ylabel() == "ln(minibatch loss)"
+    many = {"mnist": [(f"o{i}", -0.01 * steps, np.zeros(100), 1) for i in range(12)]}   # a legend of 4 rows
+    assert plot.draw(many).get_figheight() == pytest.approx(plot.draw(panels).get_figheight() + 3 * 0.22)
 
 
 def test_records_made_on_the_embedded_sample_are_marked(tmp_path):

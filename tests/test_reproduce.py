@@ -407,6 +407,7 @@ def test_figure_groups_pair_each_recipe_with_its_released_model():
                                                 "SGD-tuned"]
     styles = [style for _, _, style in groups["all"]]
     assert len(set(styles)) == len(styles) and styles[3:] == [("black", "-"), ("gray", ":"), ("C3", "--")]
+    assert set(reproduce.FIGURE_TITLES) == set(groups) | {"scale"}  # every figure says what it shows
     assert [(c, m) for c, m, _ in groups["epochs"]] == [
         ("dm-t1, epoch 500", ["dm-t1-e500"]), ("dm-t1, epoch 1000", ["dm-t1-e1000"]), ("dm-t1, kept", ["dm-t1"]),
         ("original-dm", ["original-dm"])]
