@@ -19,5 +19,6 @@ setuptools.setup(
         "absl-py",
         "numpy",
     ],
-    extras_require={"test": ["pytest", "matplotlib"], "plot": ["matplotlib"]},  # the plot tests draw figures
+    # the plot tests draw figures; the suite runs on two workers (pyproject.toml)
+    extras_require={"test": ["pytest", "pytest-xdist", "matplotlib"], "plot": ["matplotlib"]},
 )

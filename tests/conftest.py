@@ -28,6 +28,19 @@ def require_shared(*parts):
     return path
 
 
+# -- the order of the files --------------------------------------------------------------------------------------
+
+# The files that take longest (measured with --durations), started first so that the two workers of pyproject.toml
+# finish together; xdist's own order (most tests first) is turned off there.
+LONGEST_FIRST = ("test_scale_distribute.py", "test_cli.py", "test_reproduce.py", "test_training.py",
+                 "test_distribute.py", "test_scale_metarun.py", "test_scale_metatest.py", "test_tf1_reference.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its order
+
+
 # -- optimizees on made-up data (TensorFlow is imported only when a test asks for one) --------------------------
 
 def mnist_on_random_images(count, seed):
