@@ -103,6 +103,42 @@ def record_optimizer(what):
     return "L2L" if what[0] in ("learned", "guard") else what[1]
 
 
+WALL_TIME = "wall_time.json"  # in a training's directory: its wall time summed over the driver's invocations
+
+
+def add_wall_time(directory, seconds):
+    """Adds one invocation's `seconds` to the training's running total in `directory`/WALL_TIME; returns the
+    total ({"seconds", "invocations"}), which a resumed run would otherwise lose."""
+    from l2o_tf import fileio
+    path = os.path.join(directory, WALL_TIME)
+    total = {"seconds": 0.0, "invocations": 0}
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            total = json.load(f)
+    total = {"seconds": total["seconds"] + seconds, "invocations": total["invocations"] + 1}
+    fileio.atomic_write_bytes(path, json.dumps(total).encode())
+    return total
+
+
+def describe_training(history, done):
+    """results.md's cells for one training's history.json: epochs, of which imitation, meta-updates (unrolls),
+    the horizons trained on with the epoch each stage began at, and how it ended (the curriculum's stop rule, its
+    last stage finished, all its epochs; not finished, when not `done`)."""
+    epochs = [r for r in history if r.get("kind") == "train" or r.get("kind", "").startswith("imitation")]
+    imitation = sum(r["kind"].startswith("imitation") for r in epochs)
+    horizons = [str(epochs[0]["train_steps"])] if epochs else []
+    horizons += [f"{r['train_steps']} (epoch {r['epoch']})" for r in history if r.get("kind") == "stage"]
+    decisions = [r for r in history if r.get("decision") in (curriculum.STOP, curriculum.FINISHED)]
+    if decisions:
+        last = decisions[-1]
+        ended = (f"stopped in stage {last['stage']}: no validation improved" if last["decision"] == curriculum.STOP
+                 else f"finished its last stage (stage {last['stage']})")
+    else:
+        ended = "all its epochs" if done else "not finished"
+    return [str(len(epochs)), str(imitation), str(sum(r.get("applied", 0) for r in epochs)),
+            " → ".join(horizons) or "–", ended]
+
+
 FAMILIES = {"dm": "l2o_tf.train_dm", "rnnprop": "l2o_tf.train_rnnprop", "scale": "l2o_scale.metarun"}
 
 
@@ -531,9 +567,12 @@ class Plan:
                            else f"failed (exit status {status})")
                 print(f"== {time.strftime('%H:%M')} {named[job][0]} {outcome} after "
                       f"{names.format_duration(seconds)}", flush=True)
-            if status == 0 and job[0] == "train":
-                fileio.atomic_write_bytes(self.done_marker(job[1], job[2]), json.dumps(
-                    {"command": self.training_command(job[1], job[2]), "wall_seconds": seconds}).encode())
+            if job[0] == "train" and (status == 0 or status in INTERRUPTED):
+                total = add_wall_time(self.training_dir(job[1], job[2]), seconds)
+                if status == 0:
+                    fileio.atomic_write_bytes(self.done_marker(job[1], job[2]), json.dumps(
+                        {"command": self.training_command(job[1], job[2]), "wall_seconds": total["seconds"],
+                         "invocations": total["invocations"]}).encode())
 
         statuses = pool.run(jobs, started, ended, waiting_on=lambda: progress and progress[0]())
         failed = [(job, status) for (job, _, _), status in zip(jobs, statuses)
@@ -704,8 +743,9 @@ class Plan:
             entries.append({"problem": problem, "label": label, "eval_seed": int(seed), "steps": int(losses.size),
                             **plot.ln_windows(losses), "finite": bool(np.all(np.isfinite(losses)))})
         fileio.atomic_write_bytes(os.path.join(self.runs_dir, "results.json"), json.dumps(entries, indent=1).encode())
-        lines = [f"# Results of preset {self.preset}", "", "ln of the mean training loss over a window; mean ± std "
-                 "over the evaluation seeds (and the training seeds, in the rows that say so); runs: how many.", ""]
+        lines = [f"# Results of preset {self.preset}", ""] + self.training_table() + [
+            "ln of the mean training loss over a window; mean ± std over the evaluation seeds (and the training "
+            "seeds, in the rows that say so); runs: how many.", ""]
         for problem in self.problems:
             rows = [e for e in entries if e["problem"] == problem]
             if not rows:
@@ -723,6 +763,35 @@ class Plan:
         fileio.atomic_write_bytes(os.path.join(self.runs_dir, "results.md"), "\n".join(lines).encode())
         print("\n".join(lines))
         return entries
+
+    def training_table(self):
+        """results.md's table of the trainings so far (`describe_training`), with their wall times."""
+        rows = []
+        for experiment in self.experiments:
+            for seed in self.seeds_of(experiment):
+                path = os.path.join(os.path.dirname(self.trained_model(experiment, seed)), "history.json")
+                if not os.path.exists(path):
+                    continue
+                with open(path, encoding="utf-8") as f:
+                    cells = describe_training(json.load(f), os.path.exists(self.done_marker(experiment, seed)))
+                wall = os.path.join(self.training_dir(experiment, seed), WALL_TIME)
+                if os.path.exists(wall):
+                    with open(wall, encoding="utf-8") as f:
+                        total = json.load(f)
+                    runs = total["invocations"]
+                    cells.append(names.format_duration(total["seconds"])
+                                 + (f" ({runs} invocations)" if runs > 1 else ""))
+                else:
+                    cells.append("–")
+                rows.append(f"| {experiment}-t{seed} | " + " | ".join(cells) + " |")
+        if not rows:
+            return []
+        return ["## Training", "", "Epochs (L2O-Scale: meta-iterations), of which imitation; meta-updates (one per "
+                "unroll); the horizons trained on (optimizee steps), with the epoch at which the curriculum moved "
+                "on; how the training ended; its wall time over every invocation of the driver (– for a training "
+                "from before the driver kept it).", "",
+                "| training | epochs | imitation | meta-updates | horizons | ended | wall time |",
+                "|---|---|---|---|---|---|---|"] + rows + [""]
 
     def draw_figures(self):
         """Per problem, the paper-style figures of `figure_groups` from the records written so far."""

@@ -157,6 +157,11 @@ def test_a_tiny_reproduction_end_to_end_and_its_rerun(tmp_path, new_user_env):
                 assert record["learned_step"].shape == (30,)
                 assert settings["guard_learning_rate"] == tuned["chosen"]["SGD"]
     assert "| dm-t1 |" in (runs / "results.md").read_text()
+    done = json.loads((runs / "train" / "dm" / "seed1" / "DONE.json").read_text())
+    wall = json.loads((runs / "train" / "dm" / "seed1" / "wall_time.json").read_text())
+    assert done["wall_seconds"] == wall["seconds"] > 0 and done["invocations"] == wall["invocations"] == 1
+    # two epochs of one 10-step unroll each, on the one horizon
+    assert "| dm-t1 | 2 | 0 | 2 | 10 | all its epochs | " in (runs / "results.md").read_text()
     assert os.path.exists(runs / "figures" / "mnist_dm.png")
 
     code, out = run_module("l2o_tf.reproduce", new_user_env, *flags, timeout=600)
@@ -341,6 +346,39 @@ def test_ctrl_c_during_training_saves_and_says_how_to_resume(tmp_path, new_user_
     assert "checkpoint saved in" in out and "Traceback" not in out
     assert os.listdir(runs / "train" / "dm" / "seed1" / "checkpoints")
     assert not os.path.exists(runs / "train" / "dm" / "seed1" / "DONE.json")
+    wall = json.loads((runs / "train" / "dm" / "seed1" / "wall_time.json").read_text())
+    assert wall["invocations"] == 1 and wall["seconds"] > 0  # the interrupted invocation's time is kept
+
+
+def test_a_trainings_row_counts_its_epochs_updates_and_stages_and_says_how_it_ended():
+    """`describe_training` on scripted histories: a curriculum that moved on twice and then stopped, one that
+    finished its last stage, a run of all its epochs, one still training."""
+    from l2o_tf import reproduce
+
+    def epochs(first, last, steps, applied, kind="train"):
+        return [{"epoch": e, "kind": kind, "applied": applied, "train_steps": steps} for e in range(first, last + 1)]
+
+    curriculum = ([{"epoch": 0, "kind": "start"}] + epochs(1, 4, 100, 5)
+                  + [{"epoch": 4, "kind": "validation", "decision": "advance", "stage": 1},
+                     {"epoch": 4, "kind": "stage", "stage": 1, "train_steps": 200}]
+                  + epochs(5, 6, 200, 10) + epochs(7, 7, 200, 10, "imitation[adam]")
+                  + [{"epoch": 7, "kind": "stage", "stage": 2, "train_steps": 500}] + epochs(8, 9, 500, 25)
+                  + [{"epoch": 9, "kind": "validation", "decision": "stop", "stage": 2}])
+    assert reproduce.describe_training(curriculum, done=True) == [
+        "9", "1", str(4 * 5 + 3 * 10 + 2 * 25), "100 → 200 (epoch 4) → 500 (epoch 7)",
+        "stopped in stage 2: no validation improved"]
+    finished = curriculum[:-1] + [{"epoch": 9, "kind": "validation", "decision": "finished", "stage": 2}]
+    assert reproduce.describe_training(finished, done=True)[-1] == "finished its last stage (stage 2)"
+    vanilla = epochs(1, 3, 100, 5) + [{"epoch": 3, "kind": "validation", "decision": "continue", "stage": 0}]
+    assert reproduce.describe_training(vanilla, done=True) == ["3", "0", "15", "100", "all its epochs"]
+    assert reproduce.describe_training(vanilla, done=False)[-1] == "not finished"
+
+
+def test_a_trainings_wall_time_adds_up_over_invocations(tmp_path):
+    from l2o_tf import reproduce
+    assert reproduce.add_wall_time(str(tmp_path), 30.5) == {"seconds": 30.5, "invocations": 1}
+    assert reproduce.add_wall_time(str(tmp_path), 12.0) == {"seconds": 42.5, "invocations": 2}
+    assert json.loads((tmp_path / reproduce.WALL_TIME).read_text()) == {"seconds": 42.5, "invocations": 2}
 
 
 def test_results_table_per_training_seed_and_over_them(tmp_path):
