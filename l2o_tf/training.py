@@ -53,6 +53,7 @@ MAX_FAILED_EPOCHS = 20  # consecutive epochs whose every meta-update was non-fin
 TEACHER_LEARNING_RATE = 0.01  # the original's fixed teacher (and our auxiliaries') learning rate
 RANDOM_COMPONENTS = ("train", "validation", "imitation", "mixture", "epochs")
 LOG_EVERY_SECS = 10
+UNTRAINED_MARGIN = 0.01  # a kept model whose validation is not 1 % below the optimizee's starting loss is untrained
 
 
 class TrainingDiverged(errors.L2OError):
@@ -204,6 +205,31 @@ class MetaTraining:
     def mean_loss(self, cost):
         """A validation's sum over `evaluation_epochs` trajectories as their mean, the number users are shown."""
         return cost / self.config.evaluation_epochs
+
+    def starting_loss(self):
+        """The mean loss of `evaluation_epochs` fresh, unscaled optimizees before any step: what validation would
+        measure for an optimizer that never moves. Drawn from a generator of its own, so no other stream shifts."""
+        rng = seeding.generator(self.seed, "starting_loss")
+        losses = []
+        for _ in range(self.config.evaluation_epochs):
+            params = self.problem.init_params(rng)
+            losses.append(float(self.problem.loss(params, tuple(self.problem.init_constants(rng)), rng)))
+        return float(np.mean(losses))
+
+    def untrained_warning(self):
+        """What to tell the user when the kept model's validation is not UNTRAINED_MARGIN below `starting_loss` (a
+        training stuck where the learned steps vanish or saturate the optimizee, or one too short to learn); None
+        otherwise. The curriculum's best is the kept model's validation at the last stage's length."""
+        cl = self.curriculum
+        if not math.isfinite(cl.best):
+            return None
+        best, start = self.mean_loss(cl.best), self.starting_loss()
+        if not start > 0 or best < (1 - UNTRAINED_MARGIN) * start:
+            return None
+        return (f"the kept model's best validation, {best:.4f} after {cl.valid_steps} steps, is not "
+                f"{UNTRAINED_MARGIN:.0%} below the optimizee's loss before any step ({start:.4f}): this optimizer "
+                f"barely trains the optimizee, or makes it worse. Train longer, or with another --seed "
+                f"(docs/RESULTS.md, \"Seed 2: vanilla L2O-DM's training failed\")")
 
     def done(self):
         """Whether nothing is left to train: the curriculum ended the run, or it reached `num_epochs`."""
@@ -502,6 +528,9 @@ def train(config, problem):
                      problem.num_params, run.seed, "curriculum " + " ".join(map(str, config.num_steps_schedule))
                      if config.if_cl else f"{config.num_steps} steps per epoch")
     run.run()
+    warning = run.untrained_warning() if run.chief else None
+    if warning:
+        logging.warning(warning)
     if config.save_path and run.chief:
         print(f"Best optimizer: {run.best_model_path()}")
     return run

@@ -203,6 +203,39 @@ def test_the_sidecar_and_history_record_the_data_source(tiny_mnist, tmp_path):
     assert networks.load(str(tmp_path / "cw.l2l-0")).scale == 0.01  # the metadata does not disturb loading
 
 
+def test_the_starting_loss_is_the_loss_before_any_step_from_a_stream_of_its_own(tiny_mnist):
+    run = training.MetaTraining(config(problem="mnist", evaluation_epochs=3), tiny_mnist)
+    before = {name: rng.state.numpy().copy() for name, rng in run.rngs.items()}
+    start = run.starting_loss()
+    assert start == pytest.approx(np.log(10), abs=0.02)  # a sigmoid MLP at its small initial weights: a uniform guess
+    assert run.starting_loss() == start                   # the same optimizees every time
+    for name, rng in run.rngs.items():                    # and no other stream moved
+        np.testing.assert_array_equal(rng.state.numpy(), before[name])
+
+
+def test_the_untrained_warning_compares_the_kept_validation_with_the_starting_loss(tiny_mnist):
+    run = training.MetaTraining(config(problem="mnist", evaluation_epochs=2), tiny_mnist)
+    assert run.untrained_warning() is None  # nothing validated yet
+    start = run.starting_loss()
+    run.curriculum.best = 2 * 0.995 * start  # validations are sums over the evaluation_epochs trajectories
+    warning = run.untrained_warning()
+    assert f"best validation, {0.995 * start:.4f} after 10 steps" in warning and f"({start:.4f})" in warning
+    run.curriculum.best = 2 * 3 * start  # worse than not moving at all
+    assert run.untrained_warning() is not None
+    run.curriculum.best = 2 * 0.985 * start
+    assert run.untrained_warning() is None
+
+
+def test_train_logs_the_untrained_warning(quadratic, monkeypatch, caplog):
+    caplog.set_level(logging.WARNING)
+    monkeypatch.setattr(training.MetaTraining, "starting_loss", lambda run: 2 * run.mean_loss(run.curriculum.best))
+    training.train(config(num_epochs=2), quadratic)
+    assert "barely trains" not in caplog.text
+    monkeypatch.setattr(training.MetaTraining, "starting_loss", lambda run: run.mean_loss(run.curriculum.best))
+    training.train(config(num_epochs=2), quadratic)
+    assert "this optimizer barely trains the optimizee, or makes it worse" in caplog.text
+
+
 def test_an_interrupted_and_resumed_run_gives_exactly_the_uninterrupted_losses(quadratic, tmp_path):
     kwargs = dict(num_epochs=6, num_steps=10, unroll_length=5, evaluation_period=2, seed=11,
                   if_mt=True, mt_ratio=0.5, self_improving=True, auxiliary_decay_epochs=4)
