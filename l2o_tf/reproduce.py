@@ -122,8 +122,9 @@ def add_wall_time(directory, seconds):
 
 def describe_training(history, done):
     """results.md's cells for one training's history.json: epochs, of which imitation, meta-updates (unrolls),
-    the horizons trained on with the epoch each stage began at, and how it ended (the curriculum's stop rule, its
-    last stage finished, all its epochs; not finished, when not `done`)."""
+    the horizons trained on with the epoch each stage began at, how it ended (the curriculum's stop rule, its
+    last stage finished, all its epochs; not finished, when not `done`), and the kept model's validation (the last
+    one that improved: the model saved as the best)."""
     epochs = [r for r in history if r.get("kind") == "train" or r.get("kind", "").startswith("imitation")]
     imitation = sum(r["kind"].startswith("imitation") for r in epochs)
     horizons = [str(epochs[0]["train_steps"])] if epochs else []
@@ -135,8 +136,12 @@ def describe_training(history, done):
                  else f"finished its last stage (stage {last['stage']})")
     else:
         ended = "all its epochs" if done else "not finished"
+    improved = [r for r in history if r.get("kind") == "validation" and r.get("decision") == curriculum.IMPROVED
+                and "validation_loss_mean" in r]
+    kept = (f"{improved[-1]['validation_loss_mean']:.4f} at {improved[-1]['steps']} steps (epoch "
+            f"{improved[-1]['epoch']})" if improved else "–")
     return [str(len(epochs)), str(imitation), str(sum(r.get("applied", 0) for r in epochs)),
-            " → ".join(horizons) or "–", ended]
+            " → ".join(horizons) or "–", ended, kept]
 
 
 FAMILIES = {"dm": "l2o_tf.train_dm", "rnnprop": "l2o_tf.train_rnnprop", "scale": "l2o_scale.metarun"}
@@ -788,10 +793,11 @@ class Plan:
             return []
         return ["## Training", "", "Epochs (L2O-Scale: meta-iterations), of which imitation; meta-updates (one per "
                 "unroll); the horizons trained on (optimizee steps), with the epoch at which the curriculum moved "
-                "on; how the training ended; its wall time over every invocation of the driver (– for a training "
+                "on; how the training ended; the kept model's validation (mean final loss; L2O-Scale: its validation "
+                "cost) and when it was made; its wall time over every invocation of the driver (– for a training "
                 "from before the driver kept it).", "",
-                "| training | epochs | imitation | meta-updates | horizons | ended | wall time |",
-                "|---|---|---|---|---|---|---|"] + rows + [""]
+                "| training | epochs | imitation | meta-updates | horizons | ended | kept model's validation | "
+                "wall time |", "|---|---|---|---|---|---|---|---|"] + rows + [""]
 
     def draw_figures(self):
         """Per problem, the paper-style figures of `figure_groups` from the records written so far."""

@@ -64,7 +64,7 @@ def test_dry_run_lists_the_plan_and_what_is_done(tmp_path, new_user_env):
     assert code == 0, out
     lines = out.splitlines()
     training = [line for line in lines if " -m l2o" in line and "tune_baselines" not in line]
-    assert len(training) == 8
+    assert len(training) == 10  # 8 experiments, vanilla L2O-DM and L2O-DM-CL-IL with two training seeds
     tuning = [line for line in lines if " -m l2o_tf.tune_baselines " in line]
     assert len(tuning) == 4 and tuning[0].endswith(
         f"--flagfile={CONFIGS}/tuned_baselines.flags --flagfile={CONFIGS}/short/tuned_baselines.flags "
@@ -74,8 +74,8 @@ def test_dry_run_lists_the_plan_and_what_is_done(tmp_path, new_user_env):
     assert any(f"l2o_scale.metarun --flagfile={CONFIGS}/scale.flags" in line and f"--train_dir={runs}" in line
                for line in training)
     evaluations = [line for line in lines if line.startswith(("evaluate", "[done] evaluate"))]
-    # 4 problems x 2 seeds x (8 trained + 4 originals + Adam + 5 tuned), and the 2 guards x 2 problems x 2 seeds
-    assert len(evaluations) == 4 * 2 * 18 + 8
+    # 4 problems x 2 seeds x (10 trained + 4 originals + Adam + 5 tuned), and the 2 guards x 2 problems x 2 seeds
+    assert len(evaluations) == 4 * 2 * 20 + 8
     assert lines[0].startswith("preset short: expected at least ")
     assert "tensorflow imported: False" in out
 
@@ -160,8 +160,11 @@ def test_a_tiny_reproduction_end_to_end_and_its_rerun(tmp_path, new_user_env):
     done = json.loads((runs / "train" / "dm" / "seed1" / "DONE.json").read_text())
     wall = json.loads((runs / "train" / "dm" / "seed1" / "wall_time.json").read_text())
     assert done["wall_seconds"] == wall["seconds"] > 0 and done["invocations"] == wall["invocations"] == 1
-    # two epochs of one 10-step unroll each, on the one horizon
-    assert "| dm-t1 | 2 | 0 | 2 | 10 | all its epochs | " in (runs / "results.md").read_text()
+    # two epochs of one 10-step unroll each, on the one horizon; the kept model is the last validation that improved
+    history = json.loads((runs / "train" / "dm" / "seed1" / "history.json").read_text())
+    kept = [r for r in history if r["kind"] == "validation" and r["decision"] == "improved"][-1]
+    assert (f"| dm-t1 | 2 | 0 | 2 | 10 | all its epochs | {kept['validation_loss_mean']:.4f} at 10 steps (epoch "
+            f"{kept['epoch']}) | ") in (runs / "results.md").read_text()
     assert os.path.exists(runs / "figures" / "mnist_dm.png")
 
     code, out = run_module("l2o_tf.reproduce", new_user_env, *flags, timeout=600)
@@ -351,14 +354,18 @@ def test_ctrl_c_during_training_saves_and_says_how_to_resume(tmp_path, new_user_
 
 
 def test_a_trainings_row_counts_its_epochs_updates_and_stages_and_says_how_it_ended():
-    """`describe_training` on scripted histories: a curriculum that moved on twice and then stopped, one that
-    finished its last stage, a run of all its epochs, one still training."""
+    """`describe_training` on scripted histories: a curriculum that moved on twice and then stopped (its kept model
+    the last validation that improved), one that finished its last stage, a run of all its epochs that never
+    improved, one still training."""
     from l2o_tf import reproduce
 
     def epochs(first, last, steps, applied, kind="train"):
         return [{"epoch": e, "kind": kind, "applied": applied, "train_steps": steps} for e in range(first, last + 1)]
 
-    curriculum = ([{"epoch": 0, "kind": "start"}] + epochs(1, 4, 100, 5)
+    curriculum = ([{"epoch": 0, "kind": "start"}] + epochs(1, 2, 100, 5)
+                  + [{"epoch": 2, "kind": "validation", "decision": "improved", "stage": 0, "steps": 200,
+                      "validation_loss_mean": 0.51234}]
+                  + epochs(3, 4, 100, 5)
                   + [{"epoch": 4, "kind": "validation", "decision": "advance", "stage": 1},
                      {"epoch": 4, "kind": "stage", "stage": 1, "train_steps": 200}]
                   + epochs(5, 6, 200, 10) + epochs(7, 7, 200, 10, "imitation[adam]")
@@ -366,12 +373,12 @@ def test_a_trainings_row_counts_its_epochs_updates_and_stages_and_says_how_it_en
                   + [{"epoch": 9, "kind": "validation", "decision": "stop", "stage": 2}])
     assert reproduce.describe_training(curriculum, done=True) == [
         "9", "1", str(4 * 5 + 3 * 10 + 2 * 25), "100 → 200 (epoch 4) → 500 (epoch 7)",
-        "stopped in stage 2: no validation improved"]
+        "stopped in stage 2: no validation improved", "0.5123 at 200 steps (epoch 2)"]
     finished = curriculum[:-1] + [{"epoch": 9, "kind": "validation", "decision": "finished", "stage": 2}]
-    assert reproduce.describe_training(finished, done=True)[-1] == "finished its last stage (stage 2)"
+    assert reproduce.describe_training(finished, done=True)[-2] == "finished its last stage (stage 2)"
     vanilla = epochs(1, 3, 100, 5) + [{"epoch": 3, "kind": "validation", "decision": "continue", "stage": 0}]
-    assert reproduce.describe_training(vanilla, done=True) == ["3", "0", "15", "100", "all its epochs"]
-    assert reproduce.describe_training(vanilla, done=False)[-1] == "not finished"
+    assert reproduce.describe_training(vanilla, done=True) == ["3", "0", "15", "100", "all its epochs", "–"]
+    assert reproduce.describe_training(vanilla, done=False)[-2] == "not finished"
 
 
 def test_a_trainings_wall_time_adds_up_over_invocations(tmp_path):
