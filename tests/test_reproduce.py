@@ -64,7 +64,7 @@ def test_dry_run_lists_the_plan_and_what_is_done(tmp_path, new_user_env):
     assert code == 0, out
     lines = out.splitlines()
     training = [line for line in lines if " -m l2o" in line and "tune_baselines" not in line]
-    assert len(training) == 10  # 8 experiments, vanilla L2O-DM and L2O-DM-CL-IL with two training seeds
+    assert len(training) == 12  # 8 experiments, vanilla L2O-DM and L2O-DM-CL-IL with three training seeds
     tuning = [line for line in lines if " -m l2o_tf.tune_baselines " in line]
     assert len(tuning) == 4 and tuning[0].endswith(
         f"--flagfile={CONFIGS}/tuned_baselines.flags --flagfile={CONFIGS}/short/tuned_baselines.flags "
@@ -74,8 +74,8 @@ def test_dry_run_lists_the_plan_and_what_is_done(tmp_path, new_user_env):
     assert any(f"l2o_scale.metarun --flagfile={CONFIGS}/scale.flags" in line and f"--train_dir={runs}" in line
                for line in training)
     evaluations = [line for line in lines if line.startswith(("evaluate", "[done] evaluate"))]
-    # 4 problems x 2 seeds x (10 trained + 4 originals + Adam + 5 tuned), and the 2 guards x 2 problems x 2 seeds
-    assert len(evaluations) == 4 * 2 * 20 + 8
+    # 4 problems x 2 seeds x (12 trained + 4 originals + Adam + 5 tuned), and the 2 guards x 2 problems x 2 seeds
+    assert len(evaluations) == 4 * 2 * 22 + 8
     assert lines[0].startswith("preset short: expected at least ")
     assert "tensorflow imported: False" in out
 
