@@ -208,12 +208,14 @@ class MetaTraining:
 
     def starting_loss(self):
         """The mean loss of `evaluation_epochs` fresh, unscaled optimizees before any step: what validation would
-        measure for an optimizer that never moves. Drawn from a generator of its own, so no other stream shifts."""
+        measure for an optimizer that never moves: validation's trajectories and loss, drawn from a generator of its
+        own, so no other stream shifts (eager: one loss each, where a compiled Runner would trace for seconds)."""
         rng = seeding.generator(self.seed, "starting_loss")
         losses = []
         for _ in range(self.config.evaluation_epochs):
-            params = self.problem.init_params(rng)
-            losses.append(float(self.problem.loss(params, tuple(self.problem.init_constants(rng)), rng)))
+            trajectory = meta.new_trajectory(self.problem, self.cell, rng)
+            losses.append(float(self.problem.loss(meta.scaled(trajectory.params, trajectory.scale),
+                                                  trajectory.constants, rng)))
         return float(np.mean(losses))
 
     def untrained_warning(self):

@@ -208,6 +208,9 @@ def test_the_starting_loss_is_the_loss_before_any_step_from_a_stream_of_its_own(
     before = {name: rng.state.numpy().copy() for name, rng in run.rngs.items()}
     start = run.starting_loss()
     assert start == pytest.approx(np.log(10), abs=0.02)  # a sigmoid MLP at its small initial weights: a uniform guess
+    runner = meta.Runner(tiny_mnist, run.cell, seeding.generator(3, "starting_loss"))  # validation's path, 0 steps
+    assert start == pytest.approx(np.mean([runner.final_loss(runner.new_trajectory(), 0)[0] for _ in range(3)]),
+                                  rel=1e-5)
     assert run.starting_loss() == start                   # the same optimizees every time
     for name, rng in run.rngs.items():                    # and no other stream moved
         np.testing.assert_array_equal(rng.state.numpy(), before[name])
